@@ -1,0 +1,5 @@
+"""``python -m glueloc`` runs the CLI."""
+
+from glueloc.cli import run
+
+run()

@@ -1,0 +1,302 @@
+"""The ``glueloc`` command line: a thin layer over indexer/, storage/ and query/.
+
+Every command turns a :class:`GluelocError` into one line per problem on stderr and a
+non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from glueloc.errors import GluelocError
+from storage.layout import Layout
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0] if __doc__ else None)
+db_app = typer.Typer(no_args_is_help=True, help="Schema migrations of a database.")
+app.add_typer(db_app, name="db")
+
+DbOption = Annotated[Path, typer.Option("--db", envvar="GLUELOC_DB", help="Database directory.")]
+DEFAULT_DB = Path("glueloc-db")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    for line in message.splitlines() or [message]:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(func: F) -> F:
+    """Report user errors as one line each with a non-zero exit, and Ctrl-C as exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GluelocError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("interrupted: committed batches are kept; run the same command again to finish", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops an index run the same clean way as Ctrl-C."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    disable=not enabled, transient=False, console=None)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False) -> None:
+    """glueloc: index labelled photos, then find where a new photo was taken."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+@user_errors
+def index(
+    labels: Annotated[Path, typer.Argument(help="CSV with header name,x,y.")],
+    images: Annotated[Path, typer.Option("--images", help="Folder the names in the CSV are relative to.")],
+    db: DbOption = DEFAULT_DB,
+    extractor: Annotated[Optional[str], typer.Option(help="Local features (new database only; default sift).")] = None,
+    matcher: Annotated[Optional[str], typer.Option(help="Matcher recorded for queries (new database only).")] = None,
+    max_side: Annotated[Optional[int], typer.Option(help="Resize images so the longer side is at most this.")] = None,
+    max_keypoints: Annotated[Optional[int], typer.Option(help="Keypoint budget per image.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per committed batch.")] = 32,
+    update_coordinates: Annotated[bool, typer.Option(help="Accept (and record) new coordinates for indexed names.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Add the labelled images of LABELS to the database (skipping those already indexed)."""
+    from indexer.labels import read_labels
+    from indexer.pipeline import IndexOptions, IndexRunner
+
+    rows = read_labels(labels, images)
+    conf = {k: v for k, v in (("max_side", max_side), ("max_keypoints", max_keypoints)) if v is not None}
+    options = IndexOptions(extractor=extractor, extractor_conf=conf or None, matcher=matcher,
+                           batch_size=batch_size, update_coordinates=update_coordinates)
+    arguments = {"labels": str(labels), "images": str(images), "extractor": extractor, "matcher": matcher,
+                 "conf": conf, "batch_size": batch_size, "update_coordinates": update_coordinates}
+    with _progress(progress and not json_out) as bar, _sigterm_as_interrupt():
+        task = bar.add_task("indexing", total=len(rows))
+        runner = IndexRunner(Layout.at(db), options, progress=lambda n: bar.advance(task, n))
+        summary = runner.run(rows, images, arguments)
+    result = {"run": summary.run_id, "outcome": summary.outcome, "rows": summary.total, "added": summary.added,
+              "skipped": summary.skipped, "updated": summary.updated, "rejected": summary.rejected,
+              "seconds": round(summary.seconds, 2), "images_per_second": round(summary.images_per_second, 2),
+              "rejections": [reason for _, reason in summary.rejections]}
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for reason in result["rejections"]:
+            typer.echo(f"rejected: {reason}", err=True)
+        typer.echo(f"run {summary.run_id}: added {summary.added}, skipped {summary.skipped}, updated {summary.updated}, "
+                   f"rejected {summary.rejected} of {summary.total} rows in {summary.seconds:.1f} s "
+                   f"({summary.images_per_second:.1f} images/s)")
+    if summary.rejections:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def audit(
+    db: DbOption = DEFAULT_DB,
+    deep: Annotated[bool, typer.Option(help="Also re-hash shards, compare FAISS vectors, re-hash image files.")] = False,
+    repair: Annotated[bool, typer.Option(help="Rebuild what is derivable (FAISS from HDF5), delete leftovers.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check that SQLite, HDF5 and FAISS agree. Exit 0 when clean, 1 otherwise."""
+    from storage import audit as audit_mod
+
+    layout = Layout.at(db)
+    if repair:
+        for action in audit_mod.repair(layout):
+            typer.echo(f"repair: {action}")
+    report = audit_mod.audit(layout, deep=deep)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for finding in report.findings:
+            typer.echo(f"{finding.severity}: [{finding.code}] {finding.message}")
+        verdict = "clean" if report.clean else f"{len(report.errors)} error(s)"
+        typer.echo(f"audit{' --deep' if deep else ''}: {report.images} images, {report.shards} shards, "
+                   f"{report.vectors} vectors: {verdict}")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def inspect(
+    name: Annotated[Optional[str], typer.Argument(help="An image name: show its record.")] = None,
+    db: DbOption = DEFAULT_DB,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what the database holds (or one image's record)."""
+    from storage import inspect as inspect_mod
+    from storage.database import open_database
+
+    database = open_database(Layout.at(db))
+    try:
+        data = inspect_mod.image_record(database, name) if name else inspect_mod.summary(database)
+    finally:
+        database.close()
+    if json_out:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    for key, value in data.items():
+        if key == "runs":
+            typer.echo("runs (newest first):")
+            for run in value:
+                typer.echo(f"  #{run['id']} {run['command']} {run['started_at']} {run['outcome']}: added {run['added']}, "
+                           f"skipped {run['skipped']}, rejected {run['rejected']}, updated {run['updated']}")
+        else:
+            typer.echo(f"{key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+
+
+@db_app.command("upgrade")
+@user_errors
+def db_upgrade(db: DbOption = DEFAULT_DB) -> None:
+    """Create the database schema, or bring it to the latest revision."""
+    from storage.database import upgrade
+
+    before, after = upgrade(Layout.at(db))
+    typer.echo(f"schema {before or '(empty)'} -> {after}" if before != after else f"schema already at {after}")
+
+
+@db_app.command("current")
+@user_errors
+def db_current(db: DbOption = DEFAULT_DB) -> None:
+    """Print the database's schema revision and the one this glueloc expects."""
+    from storage.database import current_revision, head_revision, make_engine
+
+    layout = Layout.at(db)
+    if layout.sqlite_path is not None and not layout.sqlite_path.exists():
+        raise GluelocError(f"no glueloc database at {layout.root}")
+    engine = make_engine(layout.url)
+    try:
+        typer.echo(f"database: {current_revision(engine)}  code: {head_revision()}")
+    finally:
+        engine.dispose()
+
+
+@app.command()
+@user_errors
+def query(
+    image: Annotated[Path, typer.Argument(help="The photo to locate.")],
+    db: DbOption = DEFAULT_DB,
+    k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Say where IMAGE was taken."""
+    from dataclasses import asdict
+
+    from query.localizer import Localizer, QueryOptions
+
+    with Localizer(Layout.at(db), QueryOptions(k=k)) as localizer:
+        result = localizer.locate(image)
+    if json_out:
+        typer.echo(json.dumps(asdict(result), indent=2))
+        return
+    status = "verified" if result.verified else "NOT verified (no candidate has enough inliers)"
+    typer.echo(f"{result.query}: x={result.x:.3f} y={result.y:.3f} confidence={result.confidence:.2f} ({status})")
+    for n in result.neighbours:
+        mark = "*" if n in result.used else " "
+        typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  inliers {n.inliers}/{n.matches}")
+    typer.echo("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.seconds.items()))
+
+
+@app.command()
+@user_errors
+def evaluate(
+    labels: Annotated[Path, typer.Argument(help="CSV name,x,y of the queries (true positions).")],
+    images: Annotated[Path, typer.Option("--images", help="Folder of the query images.")],
+    db: DbOption = DEFAULT_DB,
+    k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Locate every query of LABELS and report the error (MAE = mean |dx| + |dy|)."""
+    from indexer.labels import read_labels
+    from query.evaluate import evaluate as run_evaluation
+    from query.localizer import Localizer, QueryOptions
+
+    rows = read_labels(labels, images)
+    with Localizer(Layout.at(db), QueryOptions(k=k)) as localizer, _progress(progress) as bar:
+        task = bar.add_task("querying", total=len(rows))
+        result = run_evaluation(localizer, rows, progress=lambda n: bar.advance(task, n))
+    if json_path:
+        json_path.write_text(json.dumps({"metrics": result.metrics, "queries": result.records}, indent=2))
+    typer.echo(" ".join(f"{key}={value}" for key, value in result.metrics.items()))
+
+
+@app.command()
+@user_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the synthetic scene and its database go.")] = Path("demo-data"),
+    places: Annotated[int, typer.Option(min=2, help="Capture points in the synthetic room.")] = 40,
+    queries: Annotated[int, typer.Option(min=1, help="Held-out query views.")] = 12,
+    seed: int = 0,
+) -> None:
+    """Render a synthetic room, index it, locate held-out views and print the error."""
+    from glueloc.synthetic import write_dataset
+    from indexer.labels import read_labels
+    from indexer.pipeline import IndexOptions, IndexRunner
+    from query.evaluate import evaluate as run_evaluation
+    from query.localizer import Localizer
+
+    data = write_dataset(workdir / "scene", n_places=places, n_queries=queries, seed=seed)
+    typer.echo(f"rendered {data.labels_csv} and {data.queries_csv}")
+    layout = Layout.at(workdir / "db")
+    rows = read_labels(data.labels_csv, data.images_dir)
+    summary = IndexRunner(layout, IndexOptions()).run(rows, data.images_dir, {"demo": str(workdir)})
+    typer.echo(f"indexed: added {summary.added}, skipped {summary.skipped}, rejected {summary.rejected} "
+               f"({summary.images_per_second:.1f} images/s)")
+    from storage.audit import audit as run_audit
+
+    report = run_audit(layout)
+    typer.echo(f"audit: {'clean' if report.clean else [f.message for f in report.errors]}")
+    with Localizer(layout) as localizer:
+        result = run_evaluation(localizer, read_labels(data.queries_csv, data.queries_dir))
+    for record in result.records:
+        typer.echo(f"  {record['name']}: true {record['true']} predicted "
+                   f"[{record['predicted'][0]:.2f}, {record['predicted'][1]:.2f}] error {record['error']:.2f}")
+    typer.echo("demo: " + " ".join(f"{key}={value}" for key, value in result.metrics.items()))
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+def run() -> None:
+    app(prog_name="glueloc")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

@@ -1,0 +1,1 @@
+"""Neural network architectures glueloc implements itself (one model per file)."""

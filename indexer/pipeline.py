@@ -1,0 +1,320 @@
+"""The index run: labelled images -> features -> stores, incrementally and crash-safely.
+
+A run reads the whole CSV first (a bad CSV changes nothing), sorts its rows into
+*skip* (same name and content already indexed), *update* (same content, new
+coordinates, only with ``update_coordinates``), *reject* and *new*, and then adds the
+new images in batches. Each batch is one unit of work that either lands whole or not at
+all:
+
+1. decode + extract every image of the batch (bad images are rejected one by one);
+2. write the batch's features to a new immutable HDF5 shard (temp file, fsync, rename);
+3. in one SQLite transaction: insert the image rows, write a new FAISS file that holds
+   the old vectors plus the new ones (temp, fsync, rename), point ``store_state`` at
+   it, update the run's counters — and commit.
+
+SQLite's commit is the single commit point. Killed before it, the batch left only
+unreferenced files, which the next run deletes before it starts; killed after it, the
+batch is complete and the next run skips it. Nothing already committed is ever
+rewritten, so nothing committed can be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import glueloc
+from glueloc.errors import BadImageError, DatabaseError
+from glueloc.extractors import Extractor, load_extractor
+from glueloc.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image, sha256_file
+from glueloc.matchers import load_matcher
+from indexer import global_vector
+from indexer.labels import LabelRow
+from storage.database import Database, open_database
+from storage.features import ShardEntry, write_shard
+from storage.garbage import collect_garbage
+from storage.layout import Layout
+from storage.lock import WriterLock
+from storage.models import CoordinateChange, FeatureShard, Image, IndexRun, Rejection, StoreState, utcnow
+from storage.vectors import VectorIndex
+
+logger = logging.getLogger(__name__)
+
+#: The matcher a new database records for each extractor unless told otherwise.
+DEFAULT_MATCHER = {"sift": "nn", "aliked": "lightglue", "xfeat": "lightglue", "superpoint": "superglue"}
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    extractor: str | None = None  # None: the database's extractor, or "sift" for a new one
+    extractor_conf: dict | None = None
+    matcher: str | None = None  # None: the database's, or DEFAULT_MATCHER[extractor]
+    batch_size: int = 32
+    update_coordinates: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_workers: int = 2
+
+
+@dataclass
+class IndexSummary:
+    run_id: int
+    total: int
+    added: int = 0
+    skipped: int = 0
+    updated: int = 0
+    rejections: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    outcome: str = "running"
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejections)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.added / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Extracted:
+    row: LabelRow
+    image: DecodedImage
+    entry: ShardEntry
+
+
+def _open_state(db: Database, session: Session, options: IndexOptions) -> tuple[StoreState, Extractor]:
+    """The database's extractor (or a new database's), refusing to mix extractors."""
+    state = db.state(session)
+    if state is None:
+        extractor = load_extractor(options.extractor or "sift", options.extractor_conf)
+        matcher_name = options.matcher or DEFAULT_MATCHER.get(extractor.name, "nn")
+        matcher = load_matcher(matcher_name)
+        if extractor.name not in matcher.extractors:
+            raise DatabaseError(f"matcher {matcher.name!r} cannot match {extractor.name!r} features")
+        state = StoreState(
+            id=1,
+            extractor=extractor.name,
+            extractor_version=extractor.version,
+            extractor_config=extractor.conf,
+            matcher=matcher.name,
+            matcher_config=matcher.conf,
+            global_descriptor=global_vector.NAME,
+            global_dim=extractor.descriptor_dim,
+            faiss_file=None,
+            faiss_count=0,
+        )
+        session.add(state)
+        return state, extractor
+    wanted = options.extractor or state.extractor
+    conf = dict(state.extractor_config)
+    if options.extractor_conf:
+        conf.update(options.extractor_conf)
+    extractor = load_extractor(wanted, conf if wanted == state.extractor else options.extractor_conf)
+    if (extractor.name, extractor.version, extractor.conf) != (state.extractor, state.extractor_version, state.extractor_config):
+        raise DatabaseError(
+            f"database holds {state.extractor} v{state.extractor_version} features {state.extractor_config}; "
+            f"refusing to add {extractor.name} v{extractor.version} {extractor.conf} (use another --db)"
+        )
+    if options.matcher and options.matcher != state.matcher:
+        raise DatabaseError(f"database was indexed for matcher {state.matcher!r}, not {options.matcher!r}")
+    return state, extractor
+
+
+def _decoded(rows: list[LabelRow], max_pixels: int, workers: int) -> Iterator[tuple[LabelRow, DecodedImage | BadImageError]]:
+    """Decode images in a small thread pool (Pillow releases the GIL), in CSV order."""
+    window = max(4, workers * 4)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: list[tuple[LabelRow, Future[DecodedImage]]] = []
+        queue = iter(rows)
+        for row in queue:
+            pending.append((row, pool.submit(load_image, row.path, max_pixels)))
+            if len(pending) >= window:
+                break
+        while pending:
+            row, future = pending.pop(0)
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load_image, nxt.path, max_pixels)))
+            try:
+                yield row, future.result()
+            except BadImageError as exc:
+                yield row, exc
+
+
+class IndexRunner:
+    """Runs one ``glueloc index`` against one database directory."""
+
+    def __init__(self, layout: Layout, options: IndexOptions, progress: Callable[[int], None] | None = None) -> None:
+        self.layout = layout
+        self.options = options
+        self.progress = progress or (lambda n: None)
+
+    def run(self, rows: list[LabelRow], images_dir: Path, arguments: dict) -> IndexSummary:
+        self.layout.make_dirs()
+        with WriterLock(self.layout.lock_path):
+            db = open_database(self.layout, create=True)
+            try:
+                return self._run_locked(db, rows, images_dir, arguments)
+            finally:
+                db.close()
+
+    def _run_locked(self, db: Database, rows: list[LabelRow], images_dir: Path, arguments: dict) -> IndexSummary:
+        started = time.perf_counter()
+        with db.session() as session, session.begin():
+            state, extractor = _open_state(db, session, self.options)
+            removed = collect_garbage(db, session)
+            run = IndexRun(
+                command="index",
+                arguments=arguments,
+                images_dir=str(images_dir.resolve()),
+                outcome="running",
+                glueloc_version=glueloc.__version__,
+            )
+            session.add(run)
+        if removed:
+            logger.info("removed %d leftover file(s) of interrupted runs", removed)
+        summary = IndexSummary(run_id=run.id, total=len(rows))
+        try:
+            new_rows = self._triage(db, run, rows, summary)
+            self.progress(summary.skipped + summary.updated + summary.rejected)
+            vectors = self._load_vectors(db, state)
+            batch: list[_Extracted] = []
+            for row, decoded in _decoded(new_rows, self.options.max_pixels, self.options.decode_workers):
+                if isinstance(decoded, BadImageError):
+                    self._reject(db, run, summary, row.name, str(decoded))
+                    self.progress(1)
+                    continue
+                # A featureless image (a blank wall) is still a labelled image: it is indexed
+                # with zero keypoints and a zero global vector, and simply never verifies.
+                features = extractor.extract(decoded.rgb)
+                vector = global_vector.mean_descriptor(features, state.global_dim)
+                batch.append(_Extracted(row, decoded, ShardEntry(row.name, features, vector)))
+                if len(batch) >= self.options.batch_size:
+                    self._commit_batch(db, run, state, vectors, batch, summary)
+                    self.progress(len(batch))
+                    batch = []
+            if batch:
+                self._commit_batch(db, run, state, vectors, batch, summary)
+                self.progress(len(batch))
+            summary.outcome = "completed_with_rejections" if summary.rejections else "completed"
+        except BaseException as exc:  # KeyboardInterrupt / SIGTERM included: record, then re-raise
+            summary.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self._finish(db, run, summary, started, message=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        self._finish(db, run, summary, started)
+        return summary
+
+    def _triage(self, db: Database, run: IndexRun, rows: list[LabelRow], summary: IndexSummary) -> list[LabelRow]:
+        """Split rows into skipped / updated / rejected (recorded now) and new (returned)."""
+        with db.session() as session:
+            known = {name: (image_id, sha, x, y) for image_id, name, sha, x, y in session.execute(
+                select(Image.id, Image.name, Image.sha256, Image.x, Image.y)
+            )}
+        new_rows: list[LabelRow] = []
+        changes: list[tuple[int, LabelRow, float, float]] = []
+        for row in rows:
+            if row.name not in known:
+                new_rows.append(row)
+                continue
+            image_id, sha, x, y = known[row.name]
+            try:
+                current = sha256_file(row.path)
+            except OSError:
+                summary.rejections.append((row.name, f"{row.name}: indexed before, but the file is missing now"))
+                continue
+            if current != sha:
+                summary.rejections.append(
+                    (row.name, f"{row.name}: content changed since it was indexed (sha256 {sha[:12]} -> {current[:12]})")
+                )
+            elif (row.x, row.y) == (x, y):
+                summary.skipped += 1
+            elif self.options.update_coordinates:
+                changes.append((image_id, row, x, y))
+            else:
+                summary.rejections.append((
+                    row.name,
+                    f"{row.name}: indexed at ({x:g}, {y:g}), CSV says ({row.x:g}, {row.y:g}); "
+                    "pass --update-coordinates to change it",
+                ))
+        with db.session() as session, session.begin():
+            for image_id, row, old_x, old_y in changes:
+                image = session.get(Image, image_id)
+                assert image is not None
+                image.x, image.y = row.x, row.y
+                session.add(CoordinateChange(image_id=image_id, run_id=run.id, old_x=old_x, old_y=old_y, new_x=row.x, new_y=row.y))
+            summary.updated = len(changes)
+            session.add_all(Rejection(run_id=run.id, name=name, reason=reason) for name, reason in summary.rejections)
+            self._write_counts(session, run.id, summary)
+        for name, reason in summary.rejections:
+            logger.info("rejected %s", reason)
+        return new_rows
+
+    def _load_vectors(self, db: Database, state: StoreState) -> VectorIndex:
+        if state.faiss_file is None:
+            return VectorIndex.empty(state.global_dim)
+        path = self.layout.vectors_dir / state.faiss_file
+        try:
+            index = VectorIndex.load(path)
+        except RuntimeError as exc:
+            raise DatabaseError(f"FAISS file {path.name} is unreadable ({exc}); run `glueloc audit --repair`") from None
+        if index.count != state.faiss_count:
+            raise DatabaseError(f"FAISS file {path.name} holds {index.count} vectors, expected {state.faiss_count}; run `glueloc audit --repair`")
+        return index
+
+    def _commit_batch(self, db: Database, run: IndexRun, state: StoreState, vectors: VectorIndex,
+                      batch: list[_Extracted], summary: IndexSummary) -> None:
+        shard = write_shard(self.layout.features_dir, [item.entry for item in batch])
+        old_faiss = state.faiss_file
+        with db.session() as session, session.begin():
+            shard_row = FeatureShard(filename=shard.filename, sha256=shard.sha256, num_images=len(batch), run_id=run.id)
+            session.add(shard_row)
+            session.flush()
+            images = [
+                Image(
+                    name=item.row.name, sha256=item.image.sha256, width=item.image.width, height=item.image.height,
+                    x=item.row.x, y=item.row.y, extractor=state.extractor, extractor_version=state.extractor_version,
+                    num_keypoints=len(item.entry.features), status="indexed", shard_id=shard_row.id, run_id=run.id,
+                )
+                for item in batch
+            ]
+            session.add_all(images)
+            session.flush()
+            vectors.add(np.array([image.id for image in images]), np.stack([item.entry.global_vector for item in batch]))
+            new_faiss = vectors.save_new(self.layout.vectors_dir)
+            live = session.get(StoreState, 1)
+            assert live is not None
+            live.faiss_file, live.faiss_count = new_faiss, vectors.count
+            summary.added += len(batch)
+            self._write_counts(session, run.id, summary)
+        state.faiss_file, state.faiss_count = new_faiss, vectors.count
+        if old_faiss is not None:
+            (self.layout.vectors_dir / old_faiss).unlink(missing_ok=True)
+
+    def _reject(self, db: Database, run: IndexRun, summary: IndexSummary, name: str, reason: str) -> None:
+        summary.rejections.append((name, reason))
+        logger.info("rejected %s", reason)
+        with db.session() as session, session.begin():
+            session.add(Rejection(run_id=run.id, name=name, reason=reason))
+            self._write_counts(session, run.id, summary)
+
+    @staticmethod
+    def _write_counts(session: Session, run_id: int, summary: IndexSummary) -> None:
+        live = session.get(IndexRun, run_id)
+        assert live is not None
+        live.added, live.skipped, live.updated, live.rejected = summary.added, summary.skipped, summary.updated, summary.rejected
+
+    def _finish(self, db: Database, run: IndexRun, summary: IndexSummary, started: float, message: str | None = None) -> None:
+        summary.seconds = time.perf_counter() - started
+        with db.session() as session, session.begin():
+            live = session.get(IndexRun, run.id)
+            assert live is not None
+            live.outcome, live.finished_at, live.message = summary.outcome, utcnow(), message
+            self._write_counts(session, run.id, summary)

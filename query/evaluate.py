@@ -1,0 +1,65 @@
+"""Error metrics over a labelled query set (the competition's MAE and friends).
+
+MAE is mean(|dx| + |dy|), the metric of the Kaggle task glueloc's benchmark comes
+from. Queries are only read, never written to the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from glueloc.errors import BadImageError
+from indexer.labels import LabelRow
+from query.localizer import Location, Localizer
+
+logger = logging.getLogger(__name__)
+
+GROSS_ERROR = 20.0  # units; a "gross failure" is an answer further off than this
+
+
+@dataclass
+class Evaluation:
+    records: list[dict]
+    metrics: dict[str, float | int]
+
+
+def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int], None] | None = None) -> Evaluation:
+    records: list[dict] = []
+    errors: list[float] = []
+    latencies: list[float] = []
+    failed = 0
+    for row in rows:
+        try:
+            result: Location = localizer.locate(row.path)
+        except BadImageError as exc:
+            failed += 1
+            records.append({"name": row.name, "error": str(exc)})
+            if progress:
+                progress(1)
+            continue
+        error = abs(result.x - row.x) + abs(result.y - row.y) if result.x is not None else float("inf")
+        errors.append(error)
+        latencies.append(result.seconds["total"])
+        records.append({
+            "name": row.name, "true": [row.x, row.y], "predicted": [result.x, result.y], "error": round(error, 3),
+            "confidence": result.confidence, "verified": result.verified,
+            "shortlist": result.candidates,
+            "neighbours": [(n.name, n.inliers) for n in result.neighbours],
+            "seconds": result.seconds,
+        })
+        if progress:
+            progress(1)
+    e = np.array(errors) if errors else np.array([np.inf])
+    lat = np.array(latencies) if latencies else np.array([np.nan])
+    metrics: dict[str, float | int] = {
+        "queries": len(rows), "unreadable": failed,
+        "mae": round(float(e.mean()), 3), "median": round(float(np.median(e)), 3), "p90": round(float(np.percentile(e, 90)), 3),
+        "within_1": round(float((e <= 1).mean()), 3), "within_2": round(float((e <= 2).mean()), 3),
+        "within_5": round(float((e <= 5).mean()), 3), "gross_failures": int((e > GROSS_ERROR).sum()),
+        "latency_p50_s": round(float(np.percentile(lat, 50)), 3), "latency_p95_s": round(float(np.percentile(lat, 95)), 3),
+    }
+    return Evaluation(records, metrics)

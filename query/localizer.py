@@ -1,0 +1,146 @@
+"""The query path joined up: ``Localizer(layout).locate(path)``.
+
+A Localizer takes one consistent snapshot of the database when it opens (the store
+state, the image rows and the FAISS file they name, read in one transaction), so a
+query running beside an index run answers only from images committed before it began.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from glueloc.errors import DatabaseError
+from glueloc.extractors import load_extractor
+from glueloc.images import DEFAULT_MAX_PIXELS, load_image
+from glueloc.matchers import load_matcher
+from indexer import global_vector
+from query.position import Estimate, Neighbour, best_verified
+from query.retrieval import Candidate, retrieve
+from query.verify import verify_pair
+from storage.database import open_database
+from storage.features import FeatureReader
+from storage.layout import Layout
+from storage.models import FeatureShard, Image
+from storage.vectors import VectorIndex
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DbImage:
+    id: int
+    name: str
+    x: float
+    y: float
+    shard: str
+
+
+@dataclass
+class Location:
+    """The answer to one query, with everything an auditor needs to see why."""
+
+    query: str
+    x: float | None
+    y: float | None
+    confidence: float
+    verified: bool
+    candidates: list[tuple[str, float]]  # retrieved shortlist: (db name, similarity)
+    neighbours: list[Neighbour]  # every candidate verified, with its inliers
+    used: list[Neighbour]  # the neighbours the estimate rests on
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    k: int = 10  # candidates retrieved and verified
+    min_inliers: int = 15  # fewer RANSAC inliers do not count as verified
+    geometry: str = "fundamental"  # or "homography"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+class Localizer:
+    def __init__(self, layout: Layout, options: QueryOptions | None = None) -> None:
+        self.options = options or QueryOptions()
+        self.db = open_database(layout)
+        self._snapshot()
+        self.reader = FeatureReader(layout.features_dir)
+
+    def _snapshot(self, attempts: int = 3) -> None:
+        for _ in range(attempts):
+            with self.db.session() as session, session.begin():
+                state = self.db.state(session)
+                if state is None or state.faiss_file is None:
+                    raise DatabaseError(f"database {self.db.layout.root} holds no indexed images")
+                rows = session.execute(
+                    select(Image.id, Image.name, Image.x, Image.y, FeatureShard.filename).join(FeatureShard)
+                ).all()
+                try:
+                    self.index = VectorIndex.load(self.db.layout.vectors_dir / state.faiss_file)
+                except RuntimeError:
+                    continue  # a writer replaced the file between our read and open: read again
+            self.state = state
+            self.images = {r[0]: DbImage(*r) for r in rows}
+            if self.index.count != len(self.images):
+                raise DatabaseError(
+                    f"FAISS holds {self.index.count} vectors for {len(self.images)} images: run `glueloc audit`"
+                )
+            self.extractor = load_extractor(state.extractor, state.extractor_config)
+            if self.extractor.version != state.extractor_version:
+                raise DatabaseError(
+                    f"database features are {state.extractor} v{state.extractor_version}, this glueloc "
+                    f"extracts v{self.extractor.version}: re-index into a new database"
+                )
+            self.matcher = load_matcher(state.matcher, state.matcher_config)
+            return
+        raise DatabaseError("the FAISS index kept changing while opening; try again")
+
+    def locate(self, path: Path) -> Location:
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        image = load_image(path, self.options.max_pixels)
+        features = self.extractor.extract(image.rgb)
+        timings["extract"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        vector = global_vector.mean_descriptor(features, self.state.global_dim)
+        candidates: list[Candidate] = retrieve(self.index, vector, self.options.k)
+        timings["retrieve"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        neighbours: list[Neighbour] = []
+        for candidate in candidates:
+            db_image = self.images[candidate.image_id]
+            db_features = self.reader.features(db_image.shard, db_image.name)
+            check = verify_pair(features, db_features, self.matcher, self.options.geometry)
+            neighbours.append(Neighbour(db_image.id, db_image.name, db_image.x, db_image.y, candidate.similarity,
+                                        check.matches, check.inliers, round(check.inlier_ratio, 3)))
+        timings["verify"] = time.perf_counter() - clock
+
+        estimate: Estimate | None = best_verified(neighbours, self.options.min_inliers)
+        timings["total"] = sum(timings.values())
+        return Location(
+            query=path.name,
+            x=None if estimate is None else estimate.x,
+            y=None if estimate is None else estimate.y,
+            confidence=0.0 if estimate is None else estimate.confidence,
+            verified=bool(estimate and estimate.verified),
+            candidates=[(self.images[c.image_id].name, round(c.similarity, 4)) for c in candidates],
+            neighbours=neighbours,
+            used=[] if estimate is None else estimate.used,
+            seconds={k: round(v, 4) for k, v in timings.items()},
+        )
+
+    def close(self) -> None:
+        self.reader.close()
+        self.db.close()
+
+    def __enter__(self) -> "Localizer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,62 @@
+"""Geometric verification: does a candidate really show what the query shows?
+
+A matcher proposes correspondences; RANSAC keeps those consistent with one two-view
+geometry. The inlier count is the evidence the position estimate weighs. The
+fundamental matrix (OpenCV's USAC MAGSAC) fits any static scene seen from two
+viewpoints; a homography is offered for mostly planar scenes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from glueloc.extractors.base import Features
+from glueloc.matchers.base import Matcher, Matches
+
+logger = logging.getLogger(__name__)
+
+MIN_MATCHES_FOR_MODEL = 8  # the 8-point minimum; fewer matches verify nothing
+
+
+@dataclass(frozen=True)
+class Verification:
+    matches: int
+    inliers: int
+    inlier_ratio: float
+    inlier_mask: np.ndarray  # (matches,) bool
+
+
+def ransac_inliers(points0: np.ndarray, points1: np.ndarray, model: str = "fundamental",
+                   threshold: float = 3.0, confidence: float = 0.999) -> np.ndarray:
+    """Boolean inlier mask of the correspondences under one fitted model (all False if none)."""
+    mask_none = np.zeros(len(points0), dtype=bool)
+    if len(points0) < MIN_MATCHES_FOR_MODEL:
+        return mask_none
+    try:
+        if model == "fundamental":
+            _, mask = cv2.findFundamentalMat(points0, points1, cv2.USAC_MAGSAC, threshold, confidence, 10000)
+        elif model == "homography":
+            _, mask = cv2.findHomography(points0, points1, cv2.USAC_MAGSAC, threshold, confidence=confidence, maxIters=10000)
+        else:
+            raise ValueError(f"unknown geometric model {model!r} (fundamental or homography)")
+    except cv2.error:
+        # OpenCV raises on degenerate sets instead of returning no model: that is 0 inliers.
+        return mask_none
+    if mask is None:
+        return mask_none
+    return mask.ravel().astype(bool)
+
+
+def verify_pair(query: Features, candidate: Features, matcher: Matcher, model: str = "fundamental") -> Verification:
+    matches: Matches = matcher.match(query, candidate)
+    if len(matches) == 0:
+        return Verification(0, 0, 0.0, np.zeros(0, dtype=bool))
+    points0 = query.keypoints[matches.indices[:, 0]].astype(np.float64)
+    points1 = candidate.keypoints[matches.indices[:, 1]].astype(np.float64)
+    mask = ransac_inliers(points0, points1, model)
+    inliers = int(mask.sum())
+    return Verification(len(matches), inliers, inliers / len(matches), mask)

@@ -1,0 +1,138 @@
+"""Opening a glueloc database: engine, sessions, and the schema revision check.
+
+The schema is created and changed only by the Alembic migrations in ``migrations/``.
+Opening an existing database at another revision refuses with the command that fixes
+it, rather than running on a schema the code does not expect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from glueloc.errors import DatabaseError
+from storage.layout import Layout
+from storage.models import StoreState
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic configuration for ``url`` that needs no alembic.ini on disk."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "migrations/ holds no revision"
+    return head
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            # WAL lets queries read committed rows while an index run writes; FULL
+            # synchronous makes a commit durable before the next batch starts.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(layout: Layout) -> tuple[str | None, str]:
+    """Bring the schema to the latest revision; returns (before, after)."""
+    layout.make_dirs()
+    engine = make_engine(layout.url)
+    try:
+        before = current_revision(engine)
+        config = alembic_config(layout.url)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        return before, head_revision()
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Database:
+    """An open database: its layout, engine and session factory."""
+
+    layout: Layout
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions() as session:
+            yield session
+
+    def state(self, session: Session) -> StoreState | None:
+        return session.scalars(select(StoreState).where(StoreState.id == 1)).one_or_none()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(layout: Layout, create: bool = False) -> Database:
+    """Open the database at ``layout``; with ``create``, make a new one by migrating.
+
+    Raises :class:`DatabaseError` when there is no database (and ``create`` is false) or
+    when its schema revision is not the one this code expects.
+    """
+    sqlite_path = layout.sqlite_path
+    if sqlite_path is not None and not sqlite_path.exists():
+        if not create:
+            raise DatabaseError(f"no glueloc database at {layout.root} (run `glueloc index` to create one)")
+        upgrade(layout)
+    engine = make_engine(layout.url)
+    try:
+        revision = current_revision(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot open database {layout.url}: {exc.__class__.__name__}: {exc.args[0]}") from None
+    head = head_revision()
+    if revision is None and create:
+        engine.dispose()
+        upgrade(layout)
+        engine = make_engine(layout.url)
+        revision = current_revision(engine)
+    if revision is None:
+        engine.dispose()
+        raise DatabaseError(f"{layout.root} holds no glueloc schema (run `glueloc db upgrade --db {layout.root}`)")
+    if revision != head:
+        engine.dispose()
+        raise DatabaseError(
+            f"database {layout.root} is at schema revision {revision}, this glueloc needs {head}: "
+            f"run `glueloc db upgrade --db {layout.root}`"
+        )
+    layout.make_dirs()
+    return Database(layout=layout, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))

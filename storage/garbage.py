@@ -1,0 +1,47 @@
+"""Files no committed row refers to: what interrupted writers leave behind.
+
+A batch killed before its SQLite commit leaves a published-but-unregistered shard, a
+FAISS file that was never made current, or a temporary file. None of them is reachable
+from the catalogue, so they are harmless; the next writer (which holds the lock, so no
+one is still writing them) deletes them, and runs still marked ``running`` are marked
+``interrupted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from storage.database import Database
+from storage.layout import Layout
+from storage.models import FeatureShard, IndexRun, StoreState
+
+logger = logging.getLogger(__name__)
+
+
+def find_garbage(layout: Layout, session: Session) -> list[Path]:
+    """Files in the stores' folders that the committed catalogue does not reference."""
+    registered = set(session.scalars(select(FeatureShard.filename)))
+    state = session.get(StoreState, 1)
+    current_faiss = state.faiss_file if state is not None else None
+    garbage: list[Path] = []
+    if layout.features_dir.is_dir():
+        garbage += [p for p in layout.features_dir.iterdir() if p.name not in registered]
+    if layout.vectors_dir.is_dir():
+        garbage += [p for p in layout.vectors_dir.iterdir() if p.name != current_faiss]
+    return sorted(garbage)
+
+
+def collect_garbage(db: Database, session: Session) -> int:
+    """Delete unreferenced files and close out interrupted runs. Call only under the writer lock."""
+    garbage = find_garbage(db.layout, session)
+    for path in garbage:
+        logger.debug("removing unreferenced %s", path)
+        if path.is_dir():
+            continue  # glueloc never creates folders here; leave a person's folder alone
+        path.unlink(missing_ok=True)
+    session.execute(update(IndexRun).where(IndexRun.outcome == "running").values(outcome="interrupted"))
+    return len(garbage)

@@ -1,0 +1,76 @@
+"""What a person asks of a database: counts, extent, extractor, recent runs, one record."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+
+from glueloc.errors import GluelocError
+from storage.database import Database
+from storage.features import FeatureReader
+from storage.models import CoordinateChange, FeatureShard, Image, IndexRun
+
+logger = logging.getLogger(__name__)
+
+
+def _run_dict(run: IndexRun) -> dict[str, Any]:
+    return {
+        "id": run.id, "command": run.command, "started_at": run.started_at.isoformat(timespec="seconds"),
+        "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None,
+        "outcome": run.outcome, "added": run.added, "skipped": run.skipped, "rejected": run.rejected,
+        "updated": run.updated, "arguments": run.arguments,
+    }
+
+
+def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:
+    with db.session() as session:
+        state = db.state(session)
+        count, xmin, xmax, ymin, ymax, keypoints = session.execute(
+            select(func.count(Image.id), func.min(Image.x), func.max(Image.x), func.min(Image.y), func.max(Image.y),
+                   func.avg(Image.num_keypoints))
+        ).one()
+        places = session.scalar(select(func.count()).select_from(select(Image.x, Image.y).distinct().subquery()))
+        runs = session.scalars(select(IndexRun).order_by(IndexRun.id.desc()).limit(last_runs)).all()
+        return {
+            "database": str(db.layout.root),
+            "images": count,
+            "distinct_positions": places,
+            "shards": session.scalar(select(func.count()).select_from(FeatureShard)),
+            "extent": None if not count else {"x": [xmin, xmax], "y": [ymin, ymax]},
+            "mean_keypoints": round(float(keypoints), 1) if keypoints is not None else None,
+            "extractor": None if state is None else {
+                "name": state.extractor, "version": state.extractor_version, "config": state.extractor_config},
+            "matcher": None if state is None else {"name": state.matcher, "config": state.matcher_config},
+            "global_descriptor": None if state is None else {"name": state.global_descriptor, "dim": state.global_dim},
+            "faiss": None if state is None else {"file": state.faiss_file, "vectors": state.faiss_count},
+            "runs": [_run_dict(r) for r in runs],
+        }
+
+
+def image_record(db: Database, name: str) -> dict[str, Any]:
+    with db.session() as session:
+        image = session.scalars(select(Image).where(Image.name == name)).one_or_none()
+        if image is None:
+            raise GluelocError(f"no image named {name!r} in {db.layout.root}")
+        shard = session.get(FeatureShard, image.shard_id)
+        changes = session.scalars(select(CoordinateChange).where(CoordinateChange.image_id == image.id)).all()
+        record: dict[str, Any] = {
+            "id": image.id, "name": image.name, "x": image.x, "y": image.y, "width": image.width,
+            "height": image.height, "sha256": image.sha256, "status": image.status,
+            "extractor": f"{image.extractor} v{image.extractor_version}", "num_keypoints": image.num_keypoints,
+            "shard": shard.filename if shard else None, "run_id": image.run_id,
+            "created_at": image.created_at.isoformat(timespec="seconds"),
+            "updated_at": image.updated_at.isoformat(timespec="seconds"),
+            "coordinate_changes": [
+                {"run_id": c.run_id, "from": [c.old_x, c.old_y], "to": [c.new_x, c.new_y],
+                 "at": c.changed_at.isoformat(timespec="seconds")} for c in changes],
+        }
+    if shard is not None:
+        try:
+            with FeatureReader(db.layout.features_dir) as reader:
+                record["stored_keypoints"] = len(reader.features(shard.filename, image.name))
+        except (OSError, KeyError) as exc:
+            record["stored_keypoints"] = f"unreadable ({exc})"
+    return record

@@ -1,0 +1,75 @@
+"""Where each store lives inside a database directory.
+
+A glueloc database is one directory: the SQLite file (unless another SQL server is
+configured), immutable HDF5 feature shards, FAISS files, and the writer lock::
+
+    glueloc-db/
+      glueloc.sqlite          source of truth
+      features/shard-*.h5     one immutable file per committed batch
+      vectors/faiss-*.index   the FAISS index named in store_state (older ones are garbage)
+      index.lock              held by the one writer
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Files still being written carry this prefix; they are never referenced by SQLite.
+TEMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one database directory, and the SQL URL of its catalogue."""
+
+    root: Path
+    url: str
+
+    @classmethod
+    def at(cls, root: Path, url: str | None = None) -> "Layout":
+        root = Path(root).expanduser().absolute()
+        env_url = os.environ.get("GLUELOC_DB_URL")
+        return cls(root=root, url=url or env_url or f"sqlite:///{root / 'glueloc.sqlite'}")
+
+    @property
+    def is_sqlite_file(self) -> bool:
+        return self.url.startswith("sqlite:///")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        return Path(self.url.removeprefix("sqlite:///")) if self.is_sqlite_file else None
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def vectors_dir(self) -> Path:
+        return self.root / "vectors"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "index.lock"
+
+    def make_dirs(self) -> None:
+        for path in (self.root, self.features_dir, self.vectors_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (POSIX needs the directory synced too)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_publish(temp: Path, final: Path) -> None:
+    """fsync a finished temporary file, rename it into place, fsync the directory."""
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, final)
+    fsync_dir(final.parent)

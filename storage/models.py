@@ -1,0 +1,134 @@
+"""The SQLite schema, as SQLAlchemy 2 ORM classes.
+
+SQLite is the source of truth: a row exists only once the features it points to are
+complete on disk, and each row says which shard holds them. The schema itself is owned
+by the Alembic migrations in ``migrations/``; these classes must match the latest
+revision (a test checks that the migrated schema and these models agree).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class IndexRun(Base):
+    """One invocation of ``glueloc index`` (or a repair): the audit trail."""
+
+    __tablename__ = "index_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    command: Mapped[str] = mapped_column(String(32))  # "index", "repair", ...
+    arguments: Mapped[dict] = mapped_column(JSON)  # the CLI arguments as given
+    images_dir: Mapped[str | None] = mapped_column(Text)  # absolute path, for deep audits
+    added: Mapped[int] = mapped_column(default=0)
+    skipped: Mapped[int] = mapped_column(default=0)
+    rejected: Mapped[int] = mapped_column(default=0)
+    updated: Mapped[int] = mapped_column(default=0)  # coordinate changes accepted
+    outcome: Mapped[str] = mapped_column(String(32), default="running")
+    message: Mapped[str | None] = mapped_column(Text)
+    glueloc_version: Mapped[str] = mapped_column(String(32))
+
+    rejections: Mapped[list[Rejection]] = relationship(back_populates="run")
+
+
+class Rejection(Base):
+    """An input row an index run refused, with the one-line reason it printed."""
+
+    __tablename__ = "rejections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"), index=True)
+    name: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+
+    run: Mapped[IndexRun] = relationship(back_populates="rejections")
+
+
+class FeatureShard(Base):
+    """One immutable HDF5 file holding the features of one committed batch."""
+
+    __tablename__ = "feature_shards"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    filename: Mapped[str] = mapped_column(String(128), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    num_images: Mapped[int]
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Image(Base):
+    """One indexed database image and where it was taken."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("name", name="uq_images_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)  # path relative to the images folder, '/'-separated
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    width: Mapped[int]
+    height: Mapped[int]
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    extractor: Mapped[str] = mapped_column(String(64))
+    extractor_version: Mapped[str] = mapped_column(String(32))
+    num_keypoints: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default="indexed")
+    shard_id: Mapped[int] = mapped_column(ForeignKey("feature_shards.id"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    shard: Mapped[FeatureShard] = relationship()
+
+
+class CoordinateChange(Base):
+    """A coordinate of an existing image changed on request: never silent, always recorded."""
+
+    __tablename__ = "coordinate_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
+    old_x: Mapped[float] = mapped_column(Float)
+    old_y: Mapped[float] = mapped_column(Float)
+    new_x: Mapped[float] = mapped_column(Float)
+    new_y: Mapped[float] = mapped_column(Float)
+    changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class StoreState(Base):
+    """The single row that ties the database to its derived stores.
+
+    It fixes the extractor for the whole database (features of different extractors
+    cannot be compared) and names the FAISS file that matches the committed images;
+    updating it is part of the same transaction that adds images, so the pointer can
+    never run ahead of or behind the rows.
+    """
+
+    __tablename__ = "store_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    extractor: Mapped[str] = mapped_column(String(64))
+    extractor_version: Mapped[str] = mapped_column(String(32))
+    extractor_config: Mapped[dict] = mapped_column(JSON)
+    matcher: Mapped[str] = mapped_column(String(64))
+    matcher_config: Mapped[dict] = mapped_column(JSON)
+    global_descriptor: Mapped[str] = mapped_column(String(64))  # name:version of the global vector
+    global_dim: Mapped[int]
+    faiss_file: Mapped[str | None] = mapped_column(String(128))
+    faiss_count: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

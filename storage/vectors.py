@@ -1,0 +1,79 @@
+"""The FAISS index of global vectors: a derived cache, published atomically.
+
+FAISS ids are SQLite image ids. The index file is never overwritten in place: each
+change is written to a new file (temporary name, fsync, rename) and the new name is
+stored in ``store_state`` in the same SQLite transaction that adds the images, so the
+committed catalogue always names a FAISS file that matches it. Because every global
+vector is also kept in the HDF5 shards, the index can always be rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from storage.layout import TEMP_PREFIX, atomic_publish
+
+logger = logging.getLogger(__name__)
+
+INDEX_PREFIX = "faiss-"
+INDEX_SUFFIX = ".index"
+
+
+class VectorIndex:
+    """Exact inner-product search over L2-normalised vectors, keyed by image id."""
+
+    def __init__(self, index: faiss.Index) -> None:
+        self.index = index
+
+    @classmethod
+    def empty(cls, dim: int) -> "VectorIndex":
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
+
+    @classmethod
+    def load(cls, path: Path) -> "VectorIndex":
+        return cls(faiss.read_index(str(path)))
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def vectors(self) -> np.ndarray:
+        """All stored vectors, in the order of :meth:`ids`."""
+        return self.index.index.reconstruct_n(0, self.count) if self.count else np.zeros((0, self.dim), np.float32)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (similarities, ids) per query row; ids are -1 where fewer exist."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        return self.index.search(vectors, min(k, max(self.count, 1)))
+
+    def save_new(self, vectors_dir: Path) -> str:
+        """Write this index to a new file, atomically; returns the file name."""
+        final = vectors_dir / f"{INDEX_PREFIX}{uuid.uuid4().hex}{INDEX_SUFFIX}"
+        temp = vectors_dir / f"{TEMP_PREFIX}{final.name}"
+        try:
+            faiss.write_index(self.index, str(temp))
+            atomic_publish(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return final.name
+
+
+def is_index_filename(name: str) -> bool:
+    return name.startswith(INDEX_PREFIX) and name.endswith(INDEX_SUFFIX)

@@ -1,0 +1,21 @@
+"""Helpers the tests share (kept out of conftest so they can be imported by name)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from indexer.labels import read_labels
+from indexer.pipeline import IndexOptions, IndexRunner, IndexSummary
+from storage.layout import Layout
+
+
+def run_index(db: Path, labels: Path, images: Path, **options: object) -> IndexSummary:
+    rows = read_labels(labels, images)
+    return IndexRunner(Layout.at(db), IndexOptions(**options)).run(rows, images, {"test": True})  # type: ignore[arg-type]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``: equal digests mean a byte-identical database."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}

