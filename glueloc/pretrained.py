@@ -120,7 +120,35 @@ def _get_record(key: str) -> WeightFile:
     try:
         return WEIGHTS[key]
     except KeyError:
-        raise GluelocError(f"unknown pretrained weight file {key!r} (known: {', '.join(sorted(WEIGHTS))})") from None
+        known = ", ".join(sorted(WEIGHTS))
+        raise GluelocError(f"unknown pretrained weight file {key!r} (known: {known})") from None
+
+
+def _locate(record: WeightFile, override: Path | None) -> Path:
+    """The first existing candidate file for ``record``, or a GluelocError listing where it looked."""
+    hint = f"install it with `{record.install_command}` or put {record.filename} in ${ENV_WEIGHTS_DIR}"
+    if override is not None:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise GluelocError(f"pretrained weight file {record.filename} not found at {path}; {hint}")
+        return path
+    searched: list[str] = []
+    env_dir = os.environ.get(ENV_WEIGHTS_DIR)
+    if env_dir:
+        candidate = Path(env_dir).expanduser() / record.filename
+        if candidate.is_file():
+            return candidate
+        searched.append(str(candidate))
+    package_dir = _package_dir(record.package)
+    if package_dir is None:
+        searched.append(f"package {record.package} (not installed)")
+    else:
+        candidate = package_dir / record.path_in_package
+        if candidate.is_file():
+            return candidate
+        searched.append(str(candidate))
+    where = "; ".join(searched)
+    raise GluelocError(f"pretrained weight file {record.filename} not found (looked in: {where}); {hint}")
 
 
 def weight_path(key: str, override: Path | None = None) -> Path:
@@ -132,38 +160,13 @@ def weight_path(key: str, override: Path | None = None) -> Path:
     install command when it is missing or its hash differs.
     """
     record = _get_record(key)
-    hint = f"install it with `{record.install_command}` or put {record.filename} in ${ENV_WEIGHTS_DIR}"
-    if override is not None:
-        path = Path(override).expanduser()
-        if not path.is_file():
-            raise GluelocError(f"pretrained weight file {record.filename} not found at {path}; {hint}")
-    else:
-        searched: list[str] = []
-        path = None
-        env_dir = os.environ.get(ENV_WEIGHTS_DIR)
-        if env_dir:
-            candidate = Path(env_dir).expanduser() / record.filename
-            searched.append(str(candidate))
-            if candidate.is_file():
-                path = candidate
-        if path is None:
-            package_dir = _package_dir(record.package)
-            if package_dir is None:
-                searched.append(f"package {record.package} (not installed)")
-            else:
-                candidate = package_dir / record.path_in_package
-                searched.append(str(candidate))
-                if candidate.is_file():
-                    path = candidate
-        if path is None:
-            raise GluelocError(
-                f"pretrained weight file {record.filename} not found (looked in: {'; '.join(searched)}); {hint}"
-            )
+    path = _locate(record, override)
     actual = sha256_of(path)
     if actual != record.sha256:
         raise GluelocError(
             f"pretrained weight file {path} has sha256 {actual}, expected {record.sha256} "
-            f"({record.filename} of {record.distribution}=={record.version}); reinstall with `{record.install_command}`"
+            f"({record.filename} of {record.distribution}=={record.version}); "
+            f"reinstall with `{record.install_command}`"
         )
     logger.debug("using %s for %s", path, key)
     return path

@@ -155,8 +155,8 @@ def synthetic_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An image, its perspective-warped copy, and the homography from the first to the second."""
     image0 = _render(seed=0)
     height, width = image0.shape[:2]
-    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
-    moved = np.float32([[30, 20], [width - 10, 45], [width - 45, height - 15], [15, height - 40]])
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    moved = np.array([[30, 20], [width - 10, 45], [width - 45, height - 15], [15, height - 40]], dtype=np.float32)
     homography = cv2.getPerspectiveTransform(corners, moved)
     image1 = cv2.warpPerspective(image0, homography, (width, height), flags=cv2.INTER_LINEAR)
     return image0, image1, homography
@@ -229,7 +229,7 @@ def test_lightglue_rejects_descriptors_of_another_extractor() -> None:
     matcher = LightGlue({"features": "xfeat", "device": "cpu"})
     with pytest.raises(GluelocError, match="expects 64-d descriptors"):
         matcher.match(features, features)
-    empty = Features(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 64), np.float32), (640, 480))
+    empty = Features(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 64), np.float32), (64, 48))
     assert len(matcher.match(empty, empty)) == 0
 
 

@@ -103,14 +103,16 @@ class LightGlue(Matcher):
         self._device: torch.device = pretrained.resolve_device(str(self.conf["device"]))
         path = pretrained.weight_path(self._variant.weights, weights)
         model = kornia.feature.LightGlue(
-            features=None,  # None: build from the conf below and download nothing
+            # None: build from the conf below and download nothing (kornia documents None but
+            # annotates the parameter as str).
+            features=None,  # type: ignore[arg-type]
             **self._variant.architecture,
             depth_confidence=self._adaptive("depth_confidence"),
             width_confidence=self._adaptive("width_confidence"),
             filter_threshold=float(self.conf["filter_threshold"]),
         )
-        pretrained.load_checked(model, self._select_keys(pretrained.load_state_dict_file(path), path), path,
-                                _DERIVED_BUFFERS)
+        state = self._select_keys(pretrained.load_state_dict_file(path), path)
+        pretrained.load_checked(model, state, path, _DERIVED_BUFFERS)
         self._model = model.eval().to(self._device)
         self._input_dim = int(self._variant.architecture["input_dim"])
         logger.info("LightGlue (%s) loaded from %s on %s", features, path, self._device)
@@ -166,10 +168,10 @@ class LightGlue(Matcher):
 
         width, height = features.image_size
         keypoints = np.clip(features.keypoints, 0.0, np.array([width, height], dtype=np.float32))
+        keypoints = np.ascontiguousarray(keypoints, dtype=np.float32)
+        descriptors = np.ascontiguousarray(features.descriptors, dtype=np.float32)
         return {
-            "keypoints": torch.from_numpy(np.ascontiguousarray(keypoints, dtype=np.float32))[None].to(self._device),
-            "descriptors": torch.from_numpy(
-                np.ascontiguousarray(features.descriptors, dtype=np.float32)
-            )[None].to(self._device),
+            "keypoints": torch.from_numpy(keypoints)[None].to(self._device),
+            "descriptors": torch.from_numpy(descriptors)[None].to(self._device),
             "image_size": torch.tensor([[width, height]], dtype=torch.float32, device=self._device),
         }

@@ -1,0 +1,40 @@
+"""Name -> class lookup for extractors and matchers, imported only when used.
+
+The learned models pull in torch and kornia (seconds of import time); a SIFT database
+never needs them, so each entry names its module and is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from glueloc.errors import GluelocError
+
+T = TypeVar("T")
+
+EXTRACTORS: Mapping[str, str] = {
+    "sift": "glueloc.extractors.sift:SIFT",
+    "aliked": "glueloc.extractors.aliked:ALIKED",
+    "xfeat": "glueloc.extractors.xfeat:XFeat",
+    "superpoint": "glueloc.models.superpoint:SuperPoint",
+}
+
+MATCHERS: Mapping[str, str] = {
+    "nn": "glueloc.matchers.nearest_neighbor:NearestNeighbor",
+    "lightglue": "glueloc.matchers.lightglue:LightGlue",
+    "superglue": "glueloc.models.superglue:SuperGlue",
+}
+
+
+def resolve(kind: str, table: Mapping[str, str], name: str) -> type:
+    try:
+        module_name, _, class_name = table[name].partition(":")
+    except KeyError:
+        raise GluelocError(f"unknown {kind} {name!r} (available: {', '.join(sorted(table))})") from None
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def instantiate(kind: str, table: Mapping[str, str], name: str, conf: Mapping[str, Any] | None) -> Any:
+    return resolve(kind, table, name)(dict(conf or {}))

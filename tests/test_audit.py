@@ -1,0 +1,124 @@
+"""Audit names each kind of damage precisely; --repair rebuilds what is derivable."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from storage.audit import audit, repair
+from storage.layout import Layout
+
+
+def codes(db: Path, deep: bool = False) -> set[str]:
+    return {f.code for f in audit(Layout.at(db), deep=deep).errors}
+
+
+def current_faiss(db: Path) -> Path:
+    with sqlite3.connect(db / "glueloc.sqlite") as connection:
+        (name,) = connection.execute("select faiss_file from store_state").fetchone()
+    return db / "vectors" / name
+
+
+def first_shard(db: Path) -> Path:
+    with sqlite3.connect(db / "glueloc.sqlite") as connection:
+        (name,) = connection.execute("select filename from feature_shards order by id limit 1").fetchone()
+    return db / "features" / name
+
+
+def test_fresh_index_is_clean(indexed: Path) -> None:
+    report = audit(Layout.at(indexed), deep=True)
+    assert report.clean and report.images == 24 and report.vectors == 24 and report.shards == 5
+    assert not report.findings
+
+
+def test_deleted_faiss_is_reported_and_repaired(indexed: Path) -> None:
+    current_faiss(indexed).unlink()
+    assert codes(indexed) == {"faiss-missing"}
+    actions = repair(Layout.at(indexed))
+    assert any("rebuilt FAISS index from HDF5: 24 vectors" in a for a in actions)
+    assert audit(Layout.at(indexed), deep=True).clean
+
+
+def test_garbage_faiss_is_reported_and_repaired(indexed: Path) -> None:
+    current_faiss(indexed).write_bytes(b"not a faiss index")
+    assert codes(indexed) == {"faiss-unreadable"}
+    repair(Layout.at(indexed))
+    assert audit(Layout.at(indexed), deep=True).clean
+
+
+def test_stale_faiss_is_reported(indexed: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from storage.vectors import VectorIndex
+
+    index = VectorIndex.load(current_faiss(indexed))
+    stale = VectorIndex.empty(index.dim)
+    ids = index.ids()
+    stale.add(ids[:-1], index.vectors()[:-1])  # one image behind
+    import faiss
+
+    faiss.write_index(stale.index, str(current_faiss(indexed)))
+    assert codes(indexed) == {"faiss-count", "faiss-incomplete"}
+    # same ids, different vectors: only the deep audit can see it
+    wrong = VectorIndex.empty(index.dim)
+    wrong.add(ids, np.roll(index.vectors(), 1, axis=0))
+    faiss.write_index(wrong.index, str(current_faiss(indexed)))
+    assert codes(indexed) == set()
+    assert codes(indexed, deep=True) == {"faiss-stale"}
+    repair(Layout.at(indexed))
+    assert audit(Layout.at(indexed), deep=True).clean
+
+
+def test_truncated_shard_is_reported_not_derivable(indexed: Path) -> None:
+    shard = first_shard(indexed)
+    shard.write_bytes(shard.read_bytes()[:200])
+    assert codes(indexed) == {"shard-unreadable"}
+    actions = repair(Layout.at(indexed))
+    assert any(a.startswith("not derivable") and shard.name in a for a in actions)
+    assert "shard-unreadable" in codes(indexed)
+
+
+def test_missing_shard_and_row_without_features(indexed: Path) -> None:
+    first_shard(indexed).unlink()
+    assert codes(indexed) == {"shard-missing"}
+
+
+def test_row_without_features_in_its_shard(indexed: Path) -> None:
+    with sqlite3.connect(indexed / "glueloc.sqlite") as connection:
+        connection.execute("update images set name = 'ghost.jpg' where id = 1")
+    found = codes(indexed)
+    assert "features-missing" in found and "features-orphan" in found
+
+
+def test_edited_shard_is_caught_by_deep_audit(indexed: Path) -> None:
+    import h5py
+
+    shard = first_shard(indexed)
+    with h5py.File(shard, "r+") as handle:
+        name = next(iter(handle))
+        handle[name]["scores"][0] = 123.0
+    assert codes(indexed) == set()
+    assert codes(indexed, deep=True) == {"shard-changed"}
+
+
+def test_leftovers_are_notes_and_repair_removes_them(indexed: Path) -> None:
+    (indexed / "features" / ".tmp-shard-x.h5").write_bytes(b"partial")
+    (indexed / "features" / "shard-unregistered.h5").write_bytes(b"complete but uncommitted")
+    (indexed / "vectors" / "faiss-old.index").write_bytes(b"old")
+    report = audit(Layout.at(indexed))
+    assert report.clean
+    assert [f.code for f in report.findings] == ["leftover-files"]
+    assert "3 unreferenced file(s)" in report.findings[0].message
+    repair(Layout.at(indexed))
+    assert not audit(Layout.at(indexed)).findings
+
+
+def test_changed_image_file_is_caught_by_deep_audit(indexed: Path) -> None:
+    with sqlite3.connect(indexed / "glueloc.sqlite") as connection:
+        (root,) = connection.execute("select images_dir from index_runs where id = 1").fetchone()
+        (name,) = connection.execute("select name from images where id = 1").fetchone()
+        connection.execute("update index_runs set images_dir = ?", (str(indexed.parent / "images"),))
+    assert Path(root).is_dir()
+    image = indexed.parent / "images" / name
+    image.write_bytes(image.read_bytes() + b"!")
+    assert codes(indexed, deep=True) == {"image-changed"}
