@@ -30,6 +30,7 @@ app.add_typer(db_app, name="db")
 
 DbOption = Annotated[Path, typer.Option("--db", envvar="GLUELOC_DB", help="Database directory.")]
 DEFAULT_DB = Path("glueloc-db")
+DEFAULT_PIPELINE = "aliked+lightglue"  # chosen by bench/matchers.py (README)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -232,6 +233,47 @@ def query(
         mark = "*" if n in result.used else " "
         typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  inliers {n.inliers}/{n.matches}")
     typer.echo("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.seconds.items()))
+
+
+@app.command()
+@user_errors
+def match(
+    image0: Annotated[Path, typer.Argument(help="First image.")],
+    image1: Annotated[Path, typer.Argument(help="Second image.")],
+    matcher: Annotated[str, typer.Option(help="Pipeline: sift, aliked+lightglue, xfeat+lighterglue, superpoint+superglue.")] = DEFAULT_PIPELINE,
+    geometry: Annotated[str, typer.Option(help="RANSAC model: fundamental or homography.")] = "fundamental",
+    viz: Annotated[Optional[Path], typer.Option(help="Write a PNG of the matches here.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Match two images and count RANSAC inliers (optionally draw them)."""
+    from glueloc.pipelines import get_pipeline
+    from query.pair import match_files
+
+    if geometry not in ("fundamental", "homography"):
+        raise GluelocError(f"unknown geometry {geometry!r} (fundamental or homography)")
+    pipeline = get_pipeline(matcher)
+    result = match_files(image0, image1, pipeline, geometry)
+    check = result.verification
+    if viz is not None:
+        from glueloc.viz import draw_matches, save_rgb
+
+        points0, points1 = result.points()
+        text = [f"{matcher}: {check.matches} matches, {check.inliers} inliers ({check.inlier_ratio:.0%})",
+                f"{image0.name} | {image1.name}"]
+        save_rgb(viz, draw_matches(result.images[0].rgb, result.images[1].rgb, points0, points1,
+                                   result.matches.scores, check.inlier_mask, text))
+    summary = {"pipeline": matcher, "image0": str(image0), "image1": str(image1),
+               "keypoints": [len(result.features[0]), len(result.features[1])], "matches": check.matches,
+               "inliers": check.inliers, "inlier_ratio": round(check.inlier_ratio, 4), "geometry": geometry,
+               "seconds": result.seconds, "viz": str(viz) if viz else None}
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(f"{image0.name} <-> {image1.name} [{matcher}]: keypoints {summary['keypoints'][0]}/"
+                   f"{summary['keypoints'][1]}, matches {check.matches}, inliers {check.inliers} "
+                   f"({check.inlier_ratio:.0%}); seconds " + ", ".join(f"{k} {v:.3f}" for k, v in result.seconds.items()))
+        if viz is not None:
+            typer.echo(f"wrote {viz}")
 
 
 @app.command()

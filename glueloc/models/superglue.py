@@ -46,7 +46,7 @@ from glueloc.config import merge_conf
 from glueloc.errors import GluelocError
 from glueloc.extractors.base import Features
 from glueloc.matchers.base import Matcher, Matches
-from glueloc.weights import OFFICIAL_WEIGHTS, find_weights, load_weights
+from glueloc.weights import BATCHNORM_COUNTERS, find_weights, load_weights, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +54,11 @@ logger = logging.getLogger(__name__)
 WEIGHT_VARIANTS: tuple[str, ...] = ("indoor", "outdoor")
 
 
-def weights_filename(variant: str) -> str:
-    """Official file name of a weight variant, e.g. ``superglue_indoor.pth``."""
+def weights_key(variant: str) -> str:
+    """Key in glueloc.weights.WEIGHTS of a weight variant, e.g. ``superglue_indoor``."""
     if variant not in WEIGHT_VARIANTS:
         raise GluelocError(f"SuperGlue: weights must be one of {', '.join(WEIGHT_VARIANTS)}, got {variant!r}")
-    return f"superglue_{variant}.pth"
-
-
-def inference_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return f"superglue_{variant}"
 
 
 @dataclass(frozen=True)
@@ -246,7 +241,7 @@ class SuperGlueNet(nn.Module):
     def __init__(self, conf: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.conf = merge_conf(self.default_conf, conf, "SuperGlueNet")
-        weights_filename(self.conf["weights"])  # validates the variant name
+        weights_key(self.conf["weights"])  # validates the variant name
         dim = int(self.conf["descriptor_dim"])
         self.kenc = KeypointEncoder(dim, [int(c) for c in self.conf["keypoint_encoder"]])
         self.gnn = AttentionalGNN(dim, [str(kind) for kind in self.conf["GNN_layers"]])
@@ -315,8 +310,8 @@ class SuperGlue(Matcher):
 
     def __init__(self, conf: Mapping[str, Any] | None = None) -> None:
         super().__init__(conf)
-        filename = weights_filename(self.conf["weights"])
-        path = find_weights(filename, self.conf["weights_path"])
+        key = weights_key(self.conf["weights"])
+        path = find_weights(key, self.conf["weights_path"], verify=bool(self.conf["verify_weights"]))
         net = SuperGlueNet(
             {
                 "weights": self.conf["weights"],
@@ -324,9 +319,9 @@ class SuperGlue(Matcher):
                 "match_threshold": self.conf["match_threshold"],
             }
         )
-        expected = OFFICIAL_WEIGHTS[filename].git_blob if self.conf["verify_weights"] else None
-        load_weights(net, path, expected_git_blob=expected)
-        self.device = inference_device()
+        # Files saved by PyTorch < 0.4.1 lack the BatchNorm counters; nothing else may be missing.
+        load_weights(net, path, BATCHNORM_COUNTERS)
+        self.device = resolve_device("auto")
         self.net = net.eval().to(self.device)
 
     def _tensors(self, features: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,20 +35,15 @@ from torch import nn
 from glueloc.config import merge_conf
 from glueloc.errors import GluelocError
 from glueloc.extractors.base import Extractor
-from glueloc.weights import OFFICIAL_WEIGHTS, find_weights, load_weights
+from glueloc.weights import find_weights, load_weights, resolve_device
 
 logger = logging.getLogger(__name__)
 
-#: The official weight file this architecture is laid out for.
-WEIGHTS_FILENAME = "superpoint_v1.pth"
+#: The official weight file this architecture is laid out for (its key in glueloc.weights.WEIGHTS).
+WEIGHTS_KEY = "superpoint_v1"
 
 #: Side of the square pixel cell that one coarse feature-map position covers.
 CELL = 8
-
-
-def inference_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass(frozen=True)
@@ -244,7 +239,7 @@ class SuperPoint(Extractor):
 
     def __init__(self, conf: Mapping[str, Any] | None = None) -> None:
         super().__init__(conf)
-        path = find_weights(WEIGHTS_FILENAME, self.conf["weights_path"])
+        path = find_weights(WEIGHTS_KEY, self.conf["weights_path"], verify=bool(self.conf["verify_weights"]))
         net = SuperPointNet(
             {
                 "nms_radius": self.conf["nms_radius"],
@@ -253,9 +248,8 @@ class SuperPoint(Extractor):
                 "remove_borders": self.conf["remove_borders"],
             }
         )
-        expected = OFFICIAL_WEIGHTS[WEIGHTS_FILENAME].git_blob if self.conf["verify_weights"] else None
-        load_weights(net, path, expected_git_blob=expected)
-        self.device = inference_device()
+        load_weights(net, path)  # strict: SuperPoint has no BatchNorm, nothing may be missing
+        self.device = resolve_device("auto")
         self.net = net.eval().to(self.device)
 
     def _extract(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
