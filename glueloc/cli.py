@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from glueloc.errors import GluelocError
 from storage.layout import Layout
+from storage.vectors import DEFAULT_EXACT_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ app.add_typer(db_app, name="db")
 
 DbOption = Annotated[Path, typer.Option("--db", envvar="GLUELOC_DB", help="Database directory.")]
 DEFAULT_DB = Path("glueloc-db")
-DEFAULT_PIPELINE = "aliked+lightglue"  # chosen by bench/matchers.py (README)
+DEFAULT_PIPELINE = "xfeat+lighterglue"  # chosen by bench/matchers.py (README)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -87,11 +88,14 @@ def index(
     labels: Annotated[Path, typer.Argument(help="CSV with header name,x,y.")],
     images: Annotated[Path, typer.Option("--images", help="Folder the names in the CSV are relative to.")],
     db: DbOption = DEFAULT_DB,
-    extractor: Annotated[Optional[str], typer.Option(help="Local features (new database only; default sift).")] = None,
+    extractor: Annotated[Optional[str], typer.Option(help="Local features: xfeat (default), aliked, sift, superpoint (new database only).")] = None,
     matcher: Annotated[Optional[str], typer.Option(help="Matcher recorded for queries (new database only).")] = None,
     max_side: Annotated[Optional[int], typer.Option(help="Resize images so the longer side is at most this.")] = None,
     max_keypoints: Annotated[Optional[int], typer.Option(help="Keypoint budget per image.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per committed batch.")] = 32,
+    clusters: Annotated[Optional[int], typer.Option(min=1, help="VLAD codebook size K (new database).")] = None,
+    pca_dim: Annotated[Optional[int], typer.Option(min=0, help="Global vector size after PCA-whitening; 0 = none (new database).")] = None,
+    exact_limit: Annotated[int, typer.Option(min=0, help="FAISS search stays exact up to this many images, then HNSW.")] = DEFAULT_EXACT_LIMIT,
     update_coordinates: Annotated[bool, typer.Option(help="Accept (and record) new coordinates for indexed names.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -102,10 +106,12 @@ def index(
 
     rows = read_labels(labels, images)
     conf = {k: v for k, v in (("max_side", max_side), ("max_keypoints", max_keypoints)) if v is not None}
+    vlad_conf = {k: v for k, v in (("num_clusters", clusters), ("pca_dim", pca_dim)) if v is not None}
     options = IndexOptions(extractor=extractor, extractor_conf=conf or None, matcher=matcher,
-                           batch_size=batch_size, update_coordinates=update_coordinates)
+                           batch_size=batch_size, update_coordinates=update_coordinates, vlad_conf=vlad_conf or None,
+                           exact_limit=exact_limit)
     arguments = {"labels": str(labels), "images": str(images), "extractor": extractor, "matcher": matcher,
-                 "conf": conf, "batch_size": batch_size, "update_coordinates": update_coordinates}
+                 "conf": conf, "vlad": vlad_conf, "batch_size": batch_size, "update_coordinates": update_coordinates}
     with _progress(progress and not json_out) as bar, _sigterm_as_interrupt():
         task = bar.add_task("indexing", total=len(rows))
         runner = IndexRunner(Layout.at(db), options, progress=lambda n: bar.advance(task, n))
@@ -114,9 +120,13 @@ def index(
               "skipped": summary.skipped, "updated": summary.updated, "rejected": summary.rejected,
               "seconds": round(summary.seconds, 2), "images_per_second": round(summary.images_per_second, 2),
               "rejections": [reason for _, reason in summary.rejections]}
+    if summary.codebook_trained is not None:
+        result["codebook_trained"] = summary.codebook_trained
     if json_out:
         typer.echo(json.dumps(result, indent=2))
     else:
+        if summary.codebook_trained is not None:
+            typer.echo(f"trained codebook {summary.codebook_trained} and published every global vector")
         for reason in result["rejections"]:
             typer.echo(f"rejected: {reason}", err=True)
         typer.echo(f"run {summary.run_id}: added {summary.added}, skipped {summary.skipped}, updated {summary.updated}, "
@@ -124,6 +134,30 @@ def index(
                    f"({summary.images_per_second:.1f} images/s)")
     if summary.rejections:
         raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def reindex(
+    db: DbOption = DEFAULT_DB,
+    retrain: Annotated[bool, typer.Option(help="Train a new codebook (VLAD centres + PCA) first.")] = False,
+    clusters: Annotated[Optional[int], typer.Option(min=1, help="VLAD codebook size K (with --retrain).")] = None,
+    pca_dim: Annotated[Optional[int], typer.Option(min=0, help="Vector size after PCA-whitening (with --retrain).")] = None,
+    assignment: Annotated[Optional[str], typer.Option(help="hard or soft (with --retrain).")] = None,
+    exact_limit: Annotated[int, typer.Option(min=0, help="FAISS search stays exact up to this many images, then HNSW.")] = DEFAULT_EXACT_LIMIT,
+) -> None:
+    """Rebuild every global vector and the FAISS index (with --retrain: from a new codebook)."""
+    from indexer.reindex import reindex as run_reindex
+
+    overrides = {k: v for k, v in (("num_clusters", clusters), ("pca_dim", pca_dim), ("assignment", assignment))
+                 if v is not None}
+    if overrides and not retrain:
+        raise GluelocError("--clusters, --pca-dim and --assignment change the codebook: add --retrain")
+    with _sigterm_as_interrupt():
+        result = run_reindex(Layout.at(db), retrain=retrain, conf_overrides=overrides or None, exact_limit=exact_limit)
+    what = f"trained codebook {result.codebook_id}" if result.trained else f"kept codebook {result.codebook_id}"
+    typer.echo(f"{what}: {result.images} global vectors of {result.dim} dimensions, FAISS rebuilt "
+               f"in {result.seconds:.1f} s")
 
 
 @app.command()
@@ -215,6 +249,7 @@ def query(
     image: Annotated[Path, typer.Argument(help="The photo to locate.")],
     db: DbOption = DEFAULT_DB,
     k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
+    collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Say where IMAGE was taken."""
@@ -222,7 +257,7 @@ def query(
 
     from query.localizer import Localizer, QueryOptions
 
-    with Localizer(Layout.at(db), QueryOptions(k=k)) as localizer:
+    with Localizer(Layout.at(db), QueryOptions(k=k, collapse=collapse)) as localizer:
         result = localizer.locate(image)
     if json_out:
         typer.echo(json.dumps(asdict(result), indent=2))
@@ -283,6 +318,7 @@ def evaluate(
     images: Annotated[Path, typer.Option("--images", help="Folder of the query images.")],
     db: DbOption = DEFAULT_DB,
     k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
+    collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -292,7 +328,7 @@ def evaluate(
     from query.localizer import Localizer, QueryOptions
 
     rows = read_labels(labels, images)
-    with Localizer(Layout.at(db), QueryOptions(k=k)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), QueryOptions(k=k, collapse=collapse)) as localizer, _progress(progress) as bar:
         task = bar.add_task("querying", total=len(rows))
         result = run_evaluation(localizer, rows, progress=lambda n: bar.advance(task, n))
     if json_path:

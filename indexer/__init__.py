@@ -1,6 +1,7 @@
 """Image -> features -> stores.
 
 * ``labels``        — read and validate the ``name,x,y`` CSV (untrusted input).
-* ``global_vector`` — one retrieval vector per image from its local features.
+* ``vlad``          — NetVLAD-style aggregation: one retrieval vector per image.
 * ``pipeline``      — the incremental, crash-safe index run.
+* ``reindex``       — train the codebook and (re)build every global vector.
 """

@@ -7,10 +7,16 @@ new images in batches. Each batch is one unit of work that either lands whole or
 all:
 
 1. decode + extract every image of the batch (bad images are rejected one by one);
-2. write the batch's features to a new immutable HDF5 shard (temp file, fsync, rename);
+2. write the batch's features to a new immutable HDF5 shard, and its global vectors
+   (VLAD with the database's codebook) to a vector shard (temp file, fsync, rename);
 3. in one SQLite transaction: insert the image rows, write a new FAISS file that holds
    the old vectors plus the new ones (temp, fsync, rename), point ``store_state`` at
    it, update the run's counters — and commit.
+
+A new database has no codebook yet: its first run commits local features only, then
+trains the codebook on them and publishes every vector in one more commit
+(``indexer.reindex``). Killed before that, the next run finds the codebook missing and
+trains it.
 
 SQLite's commit is the single commit point. Killed before it, the batch left only
 unreferenced files, which the next run deletes before it starts; killed after it, the
@@ -37,25 +43,33 @@ from glueloc.extractors import Extractor, load_extractor
 from glueloc.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image, sha256_file
 from glueloc.matchers import load_matcher
 from glueloc.pipelines import get_pipeline
-from indexer import global_vector
+from indexer import vlad
 from indexer.labels import LabelRow
+from indexer.reindex import rebuild_global_vectors
 from storage.database import Database, open_database
 from storage.features import ShardEntry, write_shard
 from storage.garbage import collect_garbage
+from storage.globals import read_codebook, write_vectors
 from storage.layout import Layout
 from storage.lock import WriterLock
-from storage.models import CoordinateChange, FeatureShard, Image, IndexRun, Rejection, StoreState, utcnow
-from storage.vectors import VectorIndex
+from storage.models import Codebook, CoordinateChange, FeatureShard, Image, IndexRun, Rejection, StoreState, VectorShard, utcnow
+from storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
 
 logger = logging.getLogger(__name__)
 
+#: A new database's extractor: XFeat + LighterGlue separated true from false neighbours best
+#: of the pipelines measured on Getty (ROC AUC 0.744) and extracts fastest (bench/matchers.py).
+DEFAULT_EXTRACTOR = "xfeat"
+
 @dataclass(frozen=True)
 class IndexOptions:
-    extractor: str | None = None  # None: the database's extractor, or "sift" for a new one
+    extractor: str | None = None  # None: the database's extractor, or DEFAULT_EXTRACTOR for a new one
     extractor_conf: dict | None = None
     matcher: str | None = None  # None: the database's, or the extractor's pipeline default
     batch_size: int = 32
     update_coordinates: bool = False
+    vlad_conf: dict | None = None  # VLAD options of a new database's codebook (see indexer.vlad)
+    exact_limit: int = DEFAULT_EXACT_LIMIT  # FAISS stays exact up to this many vectors, then HNSW
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_workers: int = 2
 
@@ -70,6 +84,7 @@ class IndexSummary:
     rejections: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     outcome: str = "running"
+    codebook_trained: int | None = None  # id of the codebook this run trained, if any
 
     @property
     def rejected(self) -> int:
@@ -91,7 +106,7 @@ def _open_state(db: Database, session: Session, options: IndexOptions) -> tuple[
     """The database's extractor (or a new database's), refusing to mix extractors."""
     state = db.state(session)
     if state is None:
-        extractor = load_extractor(options.extractor or "sift", options.extractor_conf)
+        extractor = load_extractor(options.extractor or DEFAULT_EXTRACTOR, options.extractor_conf)
         default = get_pipeline(extractor.name)
         if options.matcher and options.matcher != default.matcher:
             matcher = load_matcher(options.matcher)
@@ -106,8 +121,10 @@ def _open_state(db: Database, session: Session, options: IndexOptions) -> tuple[
             extractor_config=extractor.conf,
             matcher=matcher.name,
             matcher_config=matcher.conf,
-            global_descriptor=global_vector.NAME,
-            global_dim=extractor.descriptor_dim,
+            global_descriptor=vlad.KIND,
+            global_dim=0,  # known once the codebook is trained
+            global_config=vlad.vlad_conf(options.vlad_conf),
+            codebook_id=None,
             faiss_file=None,
             faiss_count=0,
         )
@@ -125,6 +142,8 @@ def _open_state(db: Database, session: Session, options: IndexOptions) -> tuple[
         )
     if options.matcher and options.matcher != state.matcher:
         raise DatabaseError(f"database was indexed for matcher {state.matcher!r}, not {options.matcher!r}")
+    if options.vlad_conf:
+        raise DatabaseError("VLAD options are fixed by the database's codebook: change them with `glueloc reindex --retrain`")
     return state, extractor
 
 
@@ -185,7 +204,8 @@ class IndexRunner:
         try:
             new_rows = self._triage(db, run, rows, summary)
             self.progress(summary.skipped + summary.updated + summary.rejected)
-            vectors = self._load_vectors(db, state)
+            codebook = self._load_codebook(db, state)
+            vectors = self._load_vectors(db, state) if codebook is not None else None
             batch: list[_Extracted] = []
             for row, decoded in _decoded(new_rows, self.options.max_pixels, self.options.decode_workers):
                 if isinstance(decoded, BadImageError):
@@ -195,15 +215,17 @@ class IndexRunner:
                 # A featureless image (a blank wall) is still a labelled image: it is indexed
                 # with zero keypoints and a zero global vector, and simply never verifies.
                 features = extractor.extract(decoded.rgb)
-                vector = global_vector.mean_descriptor(features, state.global_dim)
-                batch.append(_Extracted(row, decoded, ShardEntry(row.name, features, vector)))
+                batch.append(_Extracted(row, decoded, ShardEntry(row.name, features)))
                 if len(batch) >= self.options.batch_size:
-                    self._commit_batch(db, run, state, vectors, batch, summary)
+                    vectors = self._commit_batch(db, run, state, codebook, vectors, batch, summary)
                     self.progress(len(batch))
                     batch = []
             if batch:
-                self._commit_batch(db, run, state, vectors, batch, summary)
+                vectors = self._commit_batch(db, run, state, codebook, vectors, batch, summary)
                 self.progress(len(batch))
+            if codebook is None and self._has_images(db):
+                result = rebuild_global_vectors(db, run.id, retrain=True, exact_limit=self.options.exact_limit)
+                summary.codebook_trained = result.codebook_id
             summary.outcome = "completed_with_rejections" if summary.rejections else "completed"
         except BaseException as exc:  # KeyboardInterrupt / SIGTERM included: record, then re-raise
             summary.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -269,34 +291,69 @@ class IndexRunner:
             raise DatabaseError(f"FAISS file {path.name} holds {index.count} vectors, expected {state.faiss_count}; run `glueloc audit --repair`")
         return index
 
-    def _commit_batch(self, db: Database, run: IndexRun, state: StoreState, vectors: VectorIndex,
-                      batch: list[_Extracted], summary: IndexSummary) -> None:
+    def _load_codebook(self, db: Database, state: StoreState) -> vlad.VLADCodebook | None:
+        if state.codebook_id is None:
+            return None
+        with db.session() as session:
+            row = session.get(Codebook, state.codebook_id)
+            assert row is not None
+        try:
+            return read_codebook(self.layout.vectors_dir / row.filename)
+        except (OSError, KeyError) as exc:
+            raise DatabaseError(f"codebook {row.filename} is unreadable ({exc}); run `glueloc audit`") from None
+
+    @staticmethod
+    def _has_images(db: Database) -> bool:
+        with db.session() as session:
+            return session.scalar(select(Image.id).limit(1)) is not None
+
+    def _commit_batch(self, db: Database, run: IndexRun, state: StoreState, codebook: vlad.VLADCodebook | None,
+                      vectors: VectorIndex | None, batch: list[_Extracted], summary: IndexSummary) -> VectorIndex | None:
+        """Publish one batch (see the module docstring); returns the FAISS index to continue with."""
         shard = write_shard(self.layout.features_dir, [item.entry for item in batch])
+        globals_: dict[str, np.ndarray] = {}
+        vector_shard = None
+        if codebook is not None:
+            globals_ = {item.row.name: codebook.aggregate(item.entry.features.descriptors) for item in batch}
+            with db.session() as session:
+                codebook_file = session.get(Codebook, state.codebook_id).filename  # type: ignore[union-attr]
+            vector_shard = write_vectors(self.layout.vectors_dir, codebook_file, globals_)
         old_faiss = state.faiss_file
+        new_faiss = old_faiss
         with db.session() as session, session.begin():
             shard_row = FeatureShard(filename=shard.filename, sha256=shard.sha256, num_images=len(batch), run_id=run.id)
             session.add(shard_row)
+            vector_row = None
+            if vector_shard is not None:
+                vector_row = VectorShard(filename=vector_shard.filename, sha256=vector_shard.sha256,
+                                         codebook_id=state.codebook_id, num_images=len(batch), run_id=run.id)
+                session.add(vector_row)
             session.flush()
             images = [
                 Image(
                     name=item.row.name, sha256=item.image.sha256, width=item.image.width, height=item.image.height,
                     x=item.row.x, y=item.row.y, extractor=state.extractor, extractor_version=state.extractor_version,
-                    num_keypoints=len(item.entry.features), status="indexed", shard_id=shard_row.id, run_id=run.id,
+                    num_keypoints=len(item.entry.features), status="indexed", shard_id=shard_row.id,
+                    vector_shard_id=vector_row.id if vector_row is not None else None, run_id=run.id,
                 )
                 for item in batch
             ]
             session.add_all(images)
             session.flush()
-            vectors.add(np.array([image.id for image in images]), np.stack([item.entry.global_vector for item in batch]))
-            new_faiss = vectors.save_new(self.layout.vectors_dir)
             live = session.get(StoreState, 1)
             assert live is not None
-            live.faiss_file, live.faiss_count = new_faiss, vectors.count
+            if vectors is not None:
+                vectors = vectors.add(np.array([image.id for image in images]),
+                                      np.stack([globals_[image.name] for image in images]), self.options.exact_limit)
+                new_faiss = vectors.save_new(self.layout.vectors_dir)
+                live.faiss_file, live.faiss_count = new_faiss, vectors.count
             summary.added += len(batch)
             self._write_counts(session, run.id, summary)
-        state.faiss_file, state.faiss_count = new_faiss, vectors.count
-        if old_faiss is not None:
-            (self.layout.vectors_dir / old_faiss).unlink(missing_ok=True)
+        if vectors is not None:
+            state.faiss_file, state.faiss_count = new_faiss, vectors.count
+            if old_faiss is not None and old_faiss != new_faiss:
+                (self.layout.vectors_dir / old_faiss).unlink(missing_ok=True)
+        return vectors
 
     def _reject(self, db: Database, run: IndexRun, summary: IndexSummary, name: str, reason: str) -> None:
         summary.rejections.append((name, reason))

@@ -18,14 +18,14 @@ from glueloc.errors import DatabaseError
 from glueloc.extractors import load_extractor
 from glueloc.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.matchers import load_matcher
-from indexer import global_vector
 from query.position import Estimate, Neighbour, best_verified
 from query.retrieval import Candidate, retrieve
 from query.verify import verify_pair
 from storage.database import open_database
 from storage.features import FeatureReader
 from storage.layout import Layout
-from storage.models import FeatureShard, Image
+from storage.globals import read_codebook
+from storage.models import Codebook, FeatureShard, Image
 from storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Location:
 @dataclass(frozen=True)
 class QueryOptions:
     k: int = 10  # candidates retrieved and verified
+    collapse: bool = False  # keep one image per capture position in the shortlist
     min_inliers: int = 15  # fewer RANSAC inliers do not count as verified
     geometry: str = "fundamental"  # or "homography"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -76,6 +77,9 @@ class Localizer:
                 state = self.db.state(session)
                 if state is None or state.faiss_file is None:
                     raise DatabaseError(f"database {self.db.layout.root} holds no indexed images")
+                if state.codebook_id is None:
+                    raise DatabaseError(f"database {self.db.layout.root} has no trained codebook: run `glueloc reindex --retrain`")
+                codebook_row = session.get(Codebook, state.codebook_id)
                 rows = session.execute(
                     select(Image.id, Image.name, Image.x, Image.y, FeatureShard.filename).join(FeatureShard)
                 ).all()
@@ -84,7 +88,9 @@ class Localizer:
                 except RuntimeError:
                     continue  # a writer replaced the file between our read and open: read again
             self.state = state
+            self.codebook = read_codebook(self.db.layout.vectors_dir / codebook_row.filename)
             self.images = {r[0]: DbImage(*r) for r in rows}
+            self.positions = {i: (image.x, image.y) for i, image in self.images.items()}
             if self.index.count != len(self.images):
                 raise DatabaseError(
                     f"FAISS holds {self.index.count} vectors for {len(self.images)} images: run `glueloc audit`"
@@ -107,8 +113,9 @@ class Localizer:
         timings["extract"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        vector = global_vector.mean_descriptor(features, self.state.global_dim)
-        candidates: list[Candidate] = retrieve(self.index, vector, self.options.k)
+        vector = self.codebook.aggregate(features.descriptors)
+        positions = self.positions if self.options.collapse else None
+        candidates: list[Candidate] = retrieve(self.index, vector, self.options.k, positions)
         timings["retrieve"] = time.perf_counter() - clock
 
         clock = time.perf_counter()

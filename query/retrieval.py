@@ -1,8 +1,15 @@
-"""The shortlist: nearest database images by global vector."""
+"""The shortlist: nearest database images by global vector.
+
+One capture point usually owns several database images (views in different
+directions) that share its coordinates; with ``collapse`` the shortlist keeps only the
+most similar image of each position, so k candidates cover k distinct places instead of
+spending several slots on one.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +18,9 @@ from storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 
+#: How many more neighbours to fetch when collapsing, so k distinct places remain.
+COLLAPSE_OVERFETCH = 8
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -18,9 +28,34 @@ class Candidate:
     similarity: float
 
 
-def retrieve(index: VectorIndex, vector: np.ndarray, k: int) -> list[Candidate]:
-    """Top-``k`` database images by inner product with ``vector`` (best first)."""
+def collapse_ranked(ids: np.ndarray, positions: Mapping[int, tuple[float, float]], k: int) -> list[int]:
+    """The first ``k`` ids of ``ids`` whose position has not been seen earlier in the list."""
+    seen: set[tuple[float, float]] = set()
+    kept: list[int] = []
+    for image_id in ids.tolist():
+        if image_id < 0:
+            continue
+        where = positions[image_id]
+        if where in seen:
+            continue
+        seen.add(where)
+        kept.append(image_id)
+        if len(kept) == k:
+            break
+    return kept
+
+
+def retrieve(index: VectorIndex, vector: np.ndarray, k: int,
+             positions: Mapping[int, tuple[float, float]] | None = None) -> list[Candidate]:
+    """Top-``k`` database images by inner product with ``vector`` (best first).
+
+    With ``positions`` (image id -> (x, y)), near-duplicates of one position collapse to
+    the most similar image.
+    """
     if index.count == 0:
         return []
-    similarities, ids = index.search(vector[None, :], k)
-    return [Candidate(int(i), float(s)) for s, i in zip(similarities[0], ids[0]) if i >= 0]
+    fetch = k * COLLAPSE_OVERFETCH if positions is not None else k
+    similarities, ids = index.search(vector[None, :], fetch)
+    score = {int(i): float(s) for s, i in zip(similarities[0], ids[0]) if i >= 0}
+    chosen = collapse_ranked(ids[0], positions, k) if positions is not None else [i for i in score][:k]
+    return [Candidate(i, score[i]) for i in chosen]

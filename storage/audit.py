@@ -5,16 +5,22 @@ The invariants, with SQLite as the source of truth:
 * the schema is at the latest revision and ``store_state`` exists once images do;
 * every image row was made by the database's extractor and points to a registered shard;
 * every registered shard file exists, opens, and holds exactly the groups of its rows,
-  each with keypoints/scores/descriptors/image_size/global_descriptor of the recorded
-  shapes (``--deep``: and the file's bytes still hash to the recorded sha256);
+  each with keypoints/scores/descriptors/image_size of the recorded shapes (``--deep``:
+  and the file's bytes still hash to the recorded sha256);
+* the current codebook's file exists and makes vectors of ``store_state.global_dim``;
+  every image has a global vector in a vector shard of the *current* codebook (until the
+  first codebook is trained, waiting images are a note), each shard holding exactly its
+  images' vectors;
 * the FAISS file named in ``store_state`` exists, has the recorded count and dimension,
-  and holds exactly the image ids (``--deep``: with the vectors stored in HDF5);
+  and holds exactly the ids of the images with vectors (``--deep``: the same vectors as
+  the vector shards);
 * ``--deep``: every image file still on disk hashes to its recorded sha256.
 
 Findings are *errors* (the stores disagree: exit 1) or *notes* (harmless facts an
 auditor should see, such as leftovers of an interrupted run that the next writer
-deletes). ``repair`` rebuilds the FAISS index from HDF5 and deletes leftovers; rows
-whose features are gone are reported as not derivable.
+deletes). ``repair`` deletes leftovers and rebuilds what is derivable: global vectors
+from the local features and the codebook (retraining it if its file is lost), and FAISS
+from the vectors; rows whose local features are gone are reported as not derivable.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+import glueloc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -36,7 +44,8 @@ from storage.features import image_groups
 from storage.garbage import collect_garbage, find_garbage
 from storage.layout import Layout
 from storage.lock import WriterLock, is_locked
-from storage.models import FeatureShard, Image, IndexRun, StoreState
+from storage.globals import read_codebook, read_vectors
+from storage.models import Codebook, FeatureShard, Image, IndexRun, StoreState, VectorShard, utcnow
 from storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -75,12 +84,11 @@ class AuditReport:
                 "findings": [asdict(f) for f in self.findings]}
 
 
-def _check_shards(db: Database, session: Session, state: StoreState | None, report: AuditReport, deep: bool) -> dict[int, np.ndarray]:
-    """Check shard files against rows; returns the global vectors read, by image id."""
+def _check_shards(db: Database, session: Session, report: AuditReport, deep: bool) -> None:
+    """Check feature shard files against the image rows."""
     rows_by_shard: dict[int, list[Image]] = defaultdict(list)
     for image in session.scalars(select(Image)):
         rows_by_shard[image.shard_id].append(image)
-    vectors: dict[int, np.ndarray] = {}
     for shard in session.scalars(select(FeatureShard).order_by(FeatureShard.id)):
         report.shards += 1
         rows = rows_by_shard.pop(shard.id, [])
@@ -97,21 +105,18 @@ def _check_shards(db: Database, session: Session, state: StoreState | None, repo
                     if image.name not in groups:
                         report.error("features-missing", f"{image.name}: no features in shard {shard.filename}")
                         continue
-                    problem = _check_group(handle[image.name], image, state)
+                    problem = _check_group(handle[image.name], image)
                     if problem:
                         report.error("features-bad", f"{image.name}: {problem}")
-                    else:
-                        vectors[image.id] = handle[image.name]["global_descriptor"][()]
                 for orphan in sorted(groups - {image.name for image in rows}):
                     report.error("features-orphan", f"shard {shard.filename} holds features of {orphan!r}, which no row owns")
         except (OSError, KeyError) as exc:
             report.error("shard-unreadable", f"shard {shard.filename} is unreadable ({exc}): {len(rows)} image(s) affected")
     for shard_id, rows in rows_by_shard.items():
         report.error("shard-unregistered", f"{len(rows)} image(s) point to shard id {shard_id}, which is not registered")
-    return vectors
 
 
-def _check_group(group: h5py.Group, image: Image, state: StoreState | None) -> str | None:
+def _check_group(group: h5py.Group, image: Image) -> str | None:
     try:
         n = image.num_keypoints
         if group["keypoints"].shape != (n, 2):
@@ -122,18 +127,82 @@ def _check_group(group: h5py.Group, image: Image, state: StoreState | None) -> s
             return f"descriptors {group['descriptors'].shape}, expected (D, {n})"
         if tuple(group["image_size"][()]) != (image.width, image.height):
             return f"image_size {tuple(group['image_size'][()])}, expected ({image.width}, {image.height})"
-        if state is not None and group["global_descriptor"].shape != (state.global_dim,):
-            return f"global_descriptor {group['global_descriptor'].shape}, expected ({state.global_dim},)"
     except KeyError as exc:
         return f"dataset missing ({exc})"
     return None
+
+
+def _check_vectors(db: Database, session: Session, state: StoreState | None, report: AuditReport,
+                   deep: bool) -> dict[int, np.ndarray]:
+    """Check the codebook and the vector shards; returns the vectors read, by image id."""
+    vectors: dict[int, np.ndarray] = {}
+    images = session.execute(select(Image.id, Image.name, Image.vector_shard_id)).all()
+    if state is None:
+        return vectors
+    codebook = session.get(Codebook, state.codebook_id) if state.codebook_id else None
+    waiting = [i for i in images if i.vector_shard_id is None]
+    if codebook is None:
+        if images:
+            report.note("vectors-pending", f"{len(images)} image(s) wait for the first codebook: the next "
+                        "`glueloc index` or `glueloc reindex` trains it and adds their global vectors")
+        return vectors
+    for row in session.scalars(select(Codebook)):
+        path = db.layout.vectors_dir / row.filename
+        if not path.exists():
+            severity = report.error if row.id == codebook.id else report.note
+            severity("codebook-missing", f"codebook {row.id} file {row.filename} is missing")
+        elif deep and sha256_file(path) != row.sha256:
+            report.error("codebook-changed", f"codebook {row.id} file {row.filename} no longer matches its sha256")
+    try:
+        model = read_codebook(db.layout.vectors_dir / codebook.filename)
+        if model.dim != state.global_dim:
+            report.error("codebook-dim", f"codebook {codebook.id} makes {model.dim}-d vectors, store_state says {state.global_dim}")
+    except (OSError, KeyError):
+        report.error("codebook-unreadable", f"current codebook {codebook.id} ({codebook.filename}) is unreadable")
+    if waiting:
+        report.error("vectors-missing", f"{len(waiting)} image(s) have no global vector of codebook {codebook.id}")
+    by_shard: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for image_id, name, shard_id in images:
+        if shard_id is not None:
+            by_shard[shard_id].append((image_id, name))
+    for shard in session.scalars(select(VectorShard)):
+        members = by_shard.pop(shard.id, [])
+        if shard.codebook_id != codebook.id:
+            report.error("vectors-stale", f"vector shard {shard.filename} was made by codebook {shard.codebook_id}, "
+                         f"not the current {codebook.id}")
+        path = db.layout.vectors_dir / shard.filename
+        if not path.exists():
+            report.error("vectors-shard-missing", f"vector shard {shard.filename} is missing ({len(members)} image(s))")
+            continue
+        if deep and sha256_file(path) != shard.sha256:
+            report.error("vectors-shard-changed", f"vector shard {shard.filename} no longer matches its sha256")
+        try:
+            made_by, stored = read_vectors(path)
+        except (OSError, KeyError) as exc:
+            report.error("vectors-shard-unreadable", f"vector shard {shard.filename} is unreadable ({exc})")
+            continue
+        if made_by != session.get(Codebook, shard.codebook_id).filename:  # type: ignore[union-attr]
+            report.error("vectors-stale", f"vector shard {shard.filename} names codebook file {made_by!r}")
+        for image_id, name in members:
+            if name not in stored:
+                report.error("vectors-missing", f"{name}: no vector in {shard.filename}")
+            elif stored[name].shape != (state.global_dim,):
+                report.error("vectors-bad", f"{name}: vector of shape {stored[name].shape}, expected ({state.global_dim},)")
+            else:
+                vectors[image_id] = stored[name]
+        orphans = set(stored) - {name for _, name in members}
+        if orphans:
+            report.error("vectors-orphan", f"vector shard {shard.filename} holds {len(orphans)} vector(s) no image row points to")
+    for shard_id, members in by_shard.items():
+        report.error("vectors-unregistered", f"{len(members)} image(s) point to vector shard id {shard_id}, which is not registered")
+    return vectors
 
 
 def _check_faiss(db: Database, state: StoreState | None, image_ids: set[int], stored: dict[int, np.ndarray],
                  report: AuditReport, deep: bool) -> None:
     if state is None or state.faiss_file is None:
         if image_ids:
-            report.error("faiss-missing", f"{len(image_ids)} images but no FAISS index is recorded")
+            report.error("faiss-missing", f"{len(image_ids)} images with vectors but no FAISS index is recorded")
         return
     path = db.layout.vectors_dir / state.faiss_file
     if not path.exists():
@@ -195,8 +264,9 @@ def audit(layout: Layout, deep: bool = False) -> AuditReport:
                     (Image.extractor != state.extractor) | (Image.extractor_version != state.extractor_version)))
                 if other:
                     report.error("extractor-mixed", f"{other} image(s) were not made by {state.extractor} v{state.extractor_version}")
-            stored = _check_shards(db, session, state, report, deep)
-            image_ids = set(session.scalars(select(Image.id)))
+            _check_shards(db, session, report, deep)
+            stored = _check_vectors(db, session, state, report, deep)
+            image_ids = set(session.scalars(select(Image.id).where(Image.vector_shard_id.is_not(None))))
             _check_faiss(db, state, image_ids, stored, report, deep)
             if deep:
                 _check_image_files(session, report)
@@ -213,64 +283,46 @@ def audit(layout: Layout, deep: bool = False) -> AuditReport:
     return report
 
 
+FEATURE_CODES = {"shard-missing", "shard-changed", "shard-unreadable", "features-missing", "features-bad",
+                 "features-orphan", "shard-unregistered"}
+CODEBOOK_CODES = {"codebook-missing", "codebook-unreadable", "codebook-changed", "codebook-dim"}
+
+
 def repair(layout: Layout) -> list[str]:
-    """Rebuild what is derivable (FAISS from HDF5, leftovers removed); returns what was done and what was not."""
+    """Rebuild what is derivable and delete leftovers; returns what was done and what was not.
+
+    Global vectors derive from the local features and the codebook, and FAISS from the
+    vectors: with the features intact, every vector and the index are rebuilt (the
+    codebook retrained only if its own file is damaged). Lost local features are not
+    derivable: they are listed, and the images' files must be indexed again.
+    """
+    from indexer.reindex import rebuild_global_vectors
+
     actions: list[str] = []
     with WriterLock(layout.lock_path):
         db = open_database(layout)
         try:
-            before = audit(layout)
+            before = audit(layout, deep=True)
             with db.session() as session, session.begin():
                 removed = collect_garbage(db, session)
                 if removed:
                     actions.append(f"removed {removed} unreferenced file(s)")
-            faiss_codes = {"faiss-missing", "faiss-unreadable", "faiss-dim", "faiss-count", "faiss-duplicate",
-                           "faiss-orphan", "faiss-incomplete", "faiss-stale"}
-            if any(f.code in faiss_codes for f in before.errors) or _faiss_stale(layout):
-                actions.append(_rebuild_faiss(db))
+                run = IndexRun(command="repair", arguments={}, outcome="running", glueloc_version=glueloc.__version__)
+                session.add(run)
+            codes = {f.code for f in before.errors}
+            features_ok = not (codes & FEATURE_CODES)
+            if codes - FEATURE_CODES and features_ok:
+                retrain = bool(codes & CODEBOOK_CODES)
+                result = rebuild_global_vectors(db, run.id, retrain=retrain)
+                actions.append(f"rebuilt {result.images} global vectors and the FAISS index from the local features"
+                               + (f" (codebook retrained as {result.codebook_id})" if retrain else ""))
             for finding in before.errors:
-                if finding.code not in faiss_codes:
+                if finding.code in FEATURE_CODES:
                     actions.append(f"not derivable, left as is: {finding.message}")
+            with db.session() as session, session.begin():
+                live = session.get(IndexRun, run.id)
+                assert live is not None
+                live.outcome, live.finished_at, live.message = "completed", utcnow(), "; ".join(actions)[:2000]
         finally:
             db.close()
     return actions
-
-
-def _faiss_stale(layout: Layout) -> bool:
-    return any(f.code == "faiss-stale" for f in audit(layout, deep=True).errors)
-
-
-def _rebuild_faiss(db: Database) -> str:
-    """A new FAISS file from the global vectors of every image whose features are readable."""
-    with db.session() as session, session.begin():
-        state = session.get(StoreState, 1)
-        if state is None:
-            raise DatabaseError("no store_state: nothing to rebuild from")
-        index = VectorIndex.empty(state.global_dim)
-        ids: list[int] = []
-        vectors: list[np.ndarray] = []
-        skipped = 0
-        rows = session.execute(select(Image.id, Image.name, FeatureShard.filename).join(FeatureShard)).all()
-        by_shard: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for image_id, name, filename in rows:
-            by_shard[filename].append((image_id, name))
-        for filename, members in by_shard.items():
-            try:
-                with h5py.File(db.layout.features_dir / filename, "r", locking=False) as handle:
-                    for image_id, name in members:
-                        try:
-                            vectors.append(handle[name]["global_descriptor"][()].astype(np.float32))
-                            ids.append(image_id)
-                        except KeyError:
-                            skipped += 1
-            except OSError:
-                skipped += len(members)
-        if ids:
-            index.add(np.array(ids), np.stack(vectors))
-        old = state.faiss_file
-        state.faiss_file = index.save_new(db.layout.vectors_dir)
-        state.faiss_count = index.count
-    if old and old != state.faiss_file:
-        (db.layout.vectors_dir / old).unlink(missing_ok=True)
-    note = f"; {skipped} image(s) without readable features left out" if skipped else ""
-    return f"rebuilt FAISS index from HDF5: {index.count} vectors{note}"

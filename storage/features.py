@@ -10,8 +10,9 @@ writer deletes.
 Layout (hloc's, so hloc tools can read a shard directly): one group per image name,
 holding ``keypoints`` (N, 2) float32 in original-image pixels, ``scores`` (N,)
 float16, ``descriptors`` (D, N) float16 — transposed, as hloc stores them —,
-``image_size`` (2,) int32 as (width, height), and ``global_descriptor`` (G,) float32
-(hloc's name for a retrieval vector), from which the FAISS index can be rebuilt.
+and ``image_size`` (2,) int32 as (width, height). Global vectors live in their own
+shards (``storage.globals``), because a retrained codebook replaces all of them while the
+local features stay.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class ShardEntry:
 
     name: str
     features: Features
-    global_vector: np.ndarray  # (G,) float32
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,6 @@ def write_shard(features_dir: Path, entries: list[ShardEntry]) -> WrittenShard:
                 group.create_dataset("scores", data=feats.scores.astype(np.float16))
                 group.create_dataset("descriptors", data=feats.descriptors.T.astype(np.float16))
                 group.create_dataset("image_size", data=np.asarray(feats.image_size, dtype=np.int32))
-                group.create_dataset("global_descriptor", data=entry.global_vector.astype(np.float32))
         digest = sha256_file(temp)
         atomic_publish(temp, final)
     except BaseException:
@@ -88,8 +87,8 @@ def image_groups(handle: h5py.File) -> list[str]:
     return names
 
 
-def read_group(group: h5py.Group) -> tuple[Features, np.ndarray]:
-    """Features and global vector of one image group."""
+def read_group(group: h5py.Group) -> Features:
+    """The features of one image group."""
     keypoints = group["keypoints"][()].astype(np.float32)
     descriptors = group["descriptors"][()].astype(np.float32).T
     features = Features(
@@ -98,7 +97,7 @@ def read_group(group: h5py.Group) -> tuple[Features, np.ndarray]:
         descriptors=np.ascontiguousarray(descriptors),
         image_size=tuple(int(v) for v in group["image_size"][()]),  # type: ignore[arg-type]
     )
-    return features, group["global_descriptor"][()].astype(np.float32)
+    return features
 
 
 class FeatureReader:
@@ -120,10 +119,11 @@ class FeatureReader:
         return handle
 
     def features(self, filename: str, name: str) -> Features:
-        return read_group(self._file(filename)[name])[0]
+        return read_group(self._file(filename)[name])
 
-    def global_vector(self, filename: str, name: str) -> np.ndarray:
-        return self._file(filename)[name]["global_descriptor"][()].astype(np.float32)
+    def descriptors(self, filename: str, name: str) -> np.ndarray:
+        """Only the (N, D) descriptors: what aggregation needs, without keypoints."""
+        return np.ascontiguousarray(self._file(filename)[name]["descriptors"][()].astype(np.float32).T)
 
     def close(self) -> None:
         for handle in self._open.values():

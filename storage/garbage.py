@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from storage.database import Database
 from storage.layout import Layout
-from storage.models import FeatureShard, IndexRun, StoreState
+from storage.models import Codebook, FeatureShard, IndexRun, StoreState, VectorShard
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +26,14 @@ def find_garbage(layout: Layout, session: Session) -> list[Path]:
     """Files in the stores' folders that the committed catalogue does not reference."""
     registered = set(session.scalars(select(FeatureShard.filename)))
     state = session.get(StoreState, 1)
-    current_faiss = state.faiss_file if state is not None else None
+    kept = set(session.scalars(select(VectorShard.filename))) | set(session.scalars(select(Codebook.filename)))
+    if state is not None and state.faiss_file:
+        kept.add(state.faiss_file)
     garbage: list[Path] = []
     if layout.features_dir.is_dir():
         garbage += [p for p in layout.features_dir.iterdir() if p.name not in registered]
     if layout.vectors_dir.is_dir():
-        garbage += [p for p in layout.vectors_dir.iterdir() if p.name != current_faiss]
+        garbage += [p for p in layout.vectors_dir.iterdir() if p.name not in kept]
     return sorted(garbage)
 
 

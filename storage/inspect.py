@@ -6,11 +6,12 @@ import logging
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from glueloc.errors import GluelocError
 from storage.database import Database
 from storage.features import FeatureReader
-from storage.models import CoordinateChange, FeatureShard, Image, IndexRun
+from storage.models import Codebook, CoordinateChange, FeatureShard, Image, IndexRun, VectorShard
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,18 @@ def _run_dict(run: IndexRun) -> dict[str, Any]:
         "outcome": run.outcome, "added": run.added, "skipped": run.skipped, "rejected": run.rejected,
         "updated": run.updated, "arguments": run.arguments,
     }
+
+
+def _codebook_dict(session: Session, codebook_id: int | None) -> dict[str, Any] | None:
+    if codebook_id is None:
+        return None
+    row = session.get(Codebook, codebook_id)
+    if row is None:
+        return None
+    return {"id": row.id, "kind": row.kind, "clusters": row.num_clusters, "dim": row.dim,
+            "assignment": row.config.get("assignment"), "pca_dim": row.config.get("pca_dim"),
+            "trained_images": row.trained_images, "trained_descriptors": row.trained_descriptors,
+            "created_at": row.created_at.isoformat(timespec="seconds"), "file": row.filename}
 
 
 def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:
@@ -43,10 +56,17 @@ def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:
             "extractor": None if state is None else {
                 "name": state.extractor, "version": state.extractor_version, "config": state.extractor_config},
             "matcher": None if state is None else {"name": state.matcher, "config": state.matcher_config},
-            "global_descriptor": None if state is None else {"name": state.global_descriptor, "dim": state.global_dim},
+            "global_descriptor": None if state is None else {"name": state.global_descriptor, "dim": state.global_dim,
+                                                             "codebook": _codebook_dict(session, state.codebook_id)},
+            "codebooks_trained": session.scalar(select(func.count()).select_from(Codebook)),
             "faiss": None if state is None else {"file": state.faiss_file, "vectors": state.faiss_count},
             "runs": [_run_dict(r) for r in runs],
         }
+
+
+def _vector_shard(session: Session, shard_id: int | None) -> dict[str, Any] | None:
+    row = session.get(VectorShard, shard_id) if shard_id is not None else None
+    return None if row is None else {"file": row.filename, "codebook": row.codebook_id}
 
 
 def image_record(db: Database, name: str) -> dict[str, Any]:
@@ -61,6 +81,7 @@ def image_record(db: Database, name: str) -> dict[str, Any]:
             "height": image.height, "sha256": image.sha256, "status": image.status,
             "extractor": f"{image.extractor} v{image.extractor_version}", "num_keypoints": image.num_keypoints,
             "shard": shard.filename if shard else None, "run_id": image.run_id,
+            "vector_shard": _vector_shard(session, image.vector_shard_id),
             "created_at": image.created_at.isoformat(timespec="seconds"),
             "updated_at": image.updated_at.isoformat(timespec="seconds"),
             "coordinate_changes": [

@@ -88,11 +88,51 @@ class Image(Base):
     num_keypoints: Mapped[int]
     status: Mapped[str] = mapped_column(String(16), default="indexed")
     shard_id: Mapped[int] = mapped_column(ForeignKey("feature_shards.id"), index=True)
+    # The global vector of the current codebook; NULL only in a database migrated from
+    # revision 0001 until `glueloc reindex --retrain` has run.
+    vector_shard_id: Mapped[int | None] = mapped_column(ForeignKey("vector_shards.id"), index=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     shard: Mapped[FeatureShard] = relationship()
+
+
+class Codebook(Base):
+    """A trained global-descriptor model (VLAD centres + PCA-whitening), stored in an immutable file.
+
+    Versioned by id: every vector records the codebook that made it, and only vectors of
+    the current codebook (``store_state.codebook_id``) may be in FAISS.
+    """
+
+    __tablename__ = "codebooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    filename: Mapped[str] = mapped_column(String(128), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))  # "vlad:1"
+    config: Mapped[dict] = mapped_column(JSON)  # the aggregation options it was trained with
+    num_clusters: Mapped[int]
+    descriptor_dim: Mapped[int]
+    dim: Mapped[int]  # length of the global vectors it produces
+    trained_images: Mapped[int]
+    trained_descriptors: Mapped[int]
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class VectorShard(Base):
+    """One immutable HDF5 file of global vectors (one group per image), made by one codebook."""
+
+    __tablename__ = "vector_shards"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    filename: Mapped[str] = mapped_column(String(128), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    codebook_id: Mapped[int] = mapped_column(ForeignKey("codebooks.id"), index=True)
+    num_images: Mapped[int]
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class CoordinateChange(Base):
@@ -129,6 +169,8 @@ class StoreState(Base):
     matcher_config: Mapped[dict] = mapped_column(JSON)
     global_descriptor: Mapped[str] = mapped_column(String(64))  # name:version of the global vector
     global_dim: Mapped[int]
+    global_config: Mapped[dict | None] = mapped_column(JSON)  # VLAD options the next codebook is trained with
+    codebook_id: Mapped[int | None] = mapped_column(ForeignKey("codebooks.id"))  # None until trained
     faiss_file: Mapped[str | None] = mapped_column(String(128))
     faiss_count: Mapped[int] = mapped_column(default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,6 +1,8 @@
 """The FAISS index of global vectors: a derived cache, published atomically.
 
-FAISS ids are SQLite image ids. The index file is never overwritten in place: each
+FAISS ids are SQLite image ids. Up to ``exact_limit`` vectors the index is exact
+(``IndexFlatIP``: brute force is milliseconds at that size and never misses); beyond it,
+an HNSW graph keeps search sub-linear at a small recall cost. The index file is never overwritten in place: each
 change is written to a new file (temporary name, fsync, rename) and the new name is
 stored in ``store_state`` in the same SQLite transaction that adds the images, so the
 committed catalogue always names a FAISS file that matches it. Because every global
@@ -22,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 INDEX_PREFIX = "faiss-"
 INDEX_SUFFIX = ".index"
+#: Vectors up to which search stays exact; past it the index becomes HNSW.
+DEFAULT_EXACT_LIMIT = 100_000
+HNSW_NEIGHBOURS = 32
 
 
 class VectorIndex:
@@ -31,8 +36,24 @@ class VectorIndex:
         self.index = index
 
     @classmethod
-    def empty(cls, dim: int) -> "VectorIndex":
-        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
+    def empty(cls, dim: int, approximate: bool = False) -> "VectorIndex":
+        if approximate:
+            inner: faiss.Index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efSearch = 128
+        else:
+            inner = faiss.IndexFlatIP(dim)
+        return cls(faiss.IndexIDMap2(inner))
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, dim: int, exact_limit: int = DEFAULT_EXACT_LIMIT) -> "VectorIndex":
+        index = cls.empty(dim, approximate=len(ids) > exact_limit)
+        if len(ids):
+            index.add(ids, vectors)
+        return index
+
+    @property
+    def approximate(self) -> bool:
+        return not isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlat)
 
     @classmethod
     def load(cls, path: Path) -> "VectorIndex":
@@ -53,9 +74,26 @@ class VectorIndex:
         """All stored vectors, in the order of :meth:`ids`."""
         return self.index.index.reconstruct_n(0, self.count) if self.count else np.zeros((0, self.dim), np.float32)
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, exact_limit: int = DEFAULT_EXACT_LIMIT) -> "VectorIndex":
+        """Add vectors; returns the index to use from now on (a new HNSW one past ``exact_limit``)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not self.approximate and self.count + len(ids) > exact_limit:
+            grown = VectorIndex.empty(self.dim, approximate=True)
+            grown.index.add_with_ids(self.vectors(), self.ids())
+            grown.index.add_with_ids(vectors, ids)
+            return grown
+        self.index.add_with_ids(vectors, ids)
+        return self
+
+    def remove(self, ids: np.ndarray) -> "VectorIndex":
+        """Remove ids; returns the index to use (HNSW cannot delete, so it is rebuilt without them)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self.approximate:
+            self.index.remove_ids(ids)
+            return self
+        keep = ~np.isin(self.ids(), ids)
+        return VectorIndex.build(self.ids()[keep], self.vectors()[keep], self.dim, exact_limit=-1)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarities, ids) per query row; ids are -1 where fewer exist."""

@@ -31,11 +31,41 @@ def test_fresh_index_is_clean(indexed: Path) -> None:
     assert not report.findings
 
 
+def vector_shard(db: Path) -> Path:
+    with sqlite3.connect(db / "glueloc.sqlite") as connection:
+        (name,) = connection.execute("select filename from vector_shards order by id limit 1").fetchone()
+    return db / "vectors" / name
+
+
+def codebook_file(db: Path) -> Path:
+    with sqlite3.connect(db / "glueloc.sqlite") as connection:
+        (name,) = connection.execute("select filename from codebooks, store_state "
+                                     "where codebooks.id = store_state.codebook_id").fetchone()
+    return db / "vectors" / name
+
+
+def test_lost_vector_shard_is_rebuilt_from_features(indexed: Path) -> None:
+    vector_shard(indexed).unlink()
+    assert codes(indexed) == {"vectors-shard-missing"}
+    actions = repair(Layout.at(indexed))
+    assert any("rebuilt 24 global vectors" in a and "retrained" not in a for a in actions)
+    assert audit(Layout.at(indexed), deep=True).clean
+
+
+def test_lost_codebook_is_retrained(indexed: Path) -> None:
+    codebook_file(indexed).unlink()
+    assert codes(indexed) == {"codebook-missing", "codebook-unreadable"}
+    actions = repair(Layout.at(indexed))
+    assert any("codebook retrained as 2" in a for a in actions)
+    report = audit(Layout.at(indexed), deep=True)
+    assert report.clean and [f.code for f in report.findings] == ["codebook-missing"]  # the old one, as a note
+
+
 def test_deleted_faiss_is_reported_and_repaired(indexed: Path) -> None:
     current_faiss(indexed).unlink()
     assert codes(indexed) == {"faiss-missing"}
     actions = repair(Layout.at(indexed))
-    assert any("rebuilt FAISS index from HDF5: 24 vectors" in a for a in actions)
+    assert any("rebuilt 24 global vectors and the FAISS index" in a for a in actions)
     assert audit(Layout.at(indexed), deep=True).clean
 
 

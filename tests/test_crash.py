@@ -26,7 +26,7 @@ def start_index(workdir: Path, db: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(
         [sys.executable, "-m", "glueloc", "index", str(workdir / "labels.csv"), "--images", str(workdir / "images"),
-         "--db", str(db), "--batch-size", "2", "--no-progress"],
+         "--db", str(db), "--batch-size", "2", "--no-progress", "--extractor", "sift"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=workdir,
     )
 

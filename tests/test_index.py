@@ -75,8 +75,13 @@ def test_stored_features_follow_hloc_layout(workdir: Path, indexed: Path) -> Non
         assert group["descriptors"].shape == (128, n)  # hloc stores (D, N)
         assert group["scores"].shape == (n,)
         assert tuple(group["image_size"][()]) == (320, 240)
-        assert group["global_descriptor"].shape == (128,)
+        assert "global_descriptor" not in group  # global vectors live in vector shards
         assert n > 50
+    (vector_file, dim) = table(db, "select vector_shards.filename, codebooks.dim from vector_shards join codebooks "
+                                   "on vector_shards.codebook_id = codebooks.id limit 1")[0]
+    with h5py.File(db / "vectors" / vector_file, "r") as handle:
+        vector = handle[next(iter(handle))]["global_descriptor"][()]
+        assert vector.shape == (dim,) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
 
 
 def test_changed_coordinates_are_refused_unless_asked_and_recorded(workdir: Path, indexed: Path) -> None:
@@ -185,3 +190,45 @@ def test_reader_sees_the_features_that_were_written(workdir: Path, indexed: Path
     np.testing.assert_allclose(stored.keypoints, fresh.keypoints)
     np.testing.assert_allclose(stored.descriptors, fresh.descriptors, atol=2e-3)  # float16 storage
     database.close()
+
+
+def test_first_run_trains_codebook_and_later_runs_reuse_it(workdir: Path) -> None:
+    db = workdir / "db"
+    header, *rows = rows_of(workdir / "labels.csv")
+    write_rows(workdir / "half.csv", [header, *rows[:12]])
+    first = run_index(db, workdir / "half.csv", workdir / "images", batch_size=4, vlad_conf={"num_clusters": 16})
+    assert first.codebook_trained == 1
+    second = run_index(db, workdir / "labels.csv", workdir / "images", batch_size=4)
+    assert second.codebook_trained is None and second.added == 12
+    assert table(db, "select count(*), min(codebook_id), max(codebook_id) from vector_shards") [0][1:] == (1, 1)
+    assert table(db, "select num_clusters, trained_images from codebooks") == [(16, 12)]
+    assert audit(Layout.at(db), deep=True).clean
+    with pytest.raises(DatabaseError, match="reindex --retrain"):
+        run_index(db, workdir / "labels.csv", workdir / "images", vlad_conf={"num_clusters": 8})
+
+
+def test_reindex_retrain_replaces_every_vector(indexed: Path) -> None:
+    from indexer.reindex import reindex
+
+    old_vectors = set(r[0] for r in table(indexed, "select filename from vector_shards"))
+    result = reindex(Layout.at(indexed), retrain=True, conf_overrides={"num_clusters": 8, "pca_dim": 0})
+    assert result.trained and result.codebook_id == 2 and result.dim == 8 * 128 and result.images == 24
+    assert table(indexed, "select distinct codebook_id from vector_shards") == [(2,)]
+    assert not old_vectors & {p.name for p in (indexed / "vectors").iterdir()}  # old shards deleted
+    assert table(indexed, "select count(*) from codebooks") == [(2,)]  # history kept
+    report = audit(Layout.at(indexed), deep=True)
+    assert report.clean and report.vectors == 24, [f.message for f in report.findings]
+    assert table(indexed, "select command, outcome from index_runs order by id desc limit 1") == [("reindex", "completed")]
+
+
+def test_database_from_revision_0001_is_completed_by_the_next_run(workdir: Path, indexed: Path) -> None:
+    """A database whose images have no vectors of any codebook (as after upgrading from 0001)."""
+    with sqlite3.connect(indexed / "glueloc.sqlite") as connection:
+        connection.execute("update images set vector_shard_id = null")
+        connection.execute("delete from vector_shards")
+        connection.execute("update store_state set codebook_id = null, faiss_file = null, faiss_count = 0")
+    report = audit(Layout.at(indexed))
+    assert report.clean and "vectors-pending" in {f.code for f in report.findings}
+    summary = run_index(indexed, workdir / "labels.csv", workdir / "images")
+    assert summary.skipped == 24 and summary.codebook_trained == 2
+    assert audit(Layout.at(indexed), deep=True).clean
