@@ -144,15 +144,16 @@ def reindex(
     clusters: Annotated[Optional[int], typer.Option(min=1, help="VLAD codebook size K (with --retrain).")] = None,
     pca_dim: Annotated[Optional[int], typer.Option(min=0, help="Vector size after PCA-whitening (with --retrain).")] = None,
     assignment: Annotated[Optional[str], typer.Option(help="hard or soft (with --retrain).")] = None,
+    train_images: Annotated[Optional[int], typer.Option(min=1, help="Images sampled to train the codebook (with --retrain).")] = None,
     exact_limit: Annotated[int, typer.Option(min=0, help="FAISS search stays exact up to this many images, then HNSW.")] = DEFAULT_EXACT_LIMIT,
 ) -> None:
     """Rebuild every global vector and the FAISS index (with --retrain: from a new codebook)."""
     from indexer.reindex import reindex as run_reindex
 
-    overrides = {k: v for k, v in (("num_clusters", clusters), ("pca_dim", pca_dim), ("assignment", assignment))
-                 if v is not None}
+    overrides = {k: v for k, v in (("num_clusters", clusters), ("pca_dim", pca_dim), ("assignment", assignment),
+                                   ("train_images", train_images)) if v is not None}
     if overrides and not retrain:
-        raise GluelocError("--clusters, --pca-dim and --assignment change the codebook: add --retrain")
+        raise GluelocError("--clusters, --pca-dim, --assignment and --train-images change the codebook: add --retrain")
     with _sigterm_as_interrupt():
         result = run_reindex(Layout.at(db), retrain=retrain, conf_overrides=overrides or None, exact_limit=exact_limit)
     what = f"trained codebook {result.codebook_id}" if result.trained else f"kept codebook {result.codebook_id}"
