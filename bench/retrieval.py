@@ -22,7 +22,6 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,20 +44,28 @@ from storage.vectors import VectorIndex  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "benchdata" / "getty"
 KS = (1, 5, 10, 20, 50)
+# Every option spelled out, so a row means the same thing whatever indexer.vlad's defaults become.
+HARD_2000 = {"assignment": "hard", "train_images": 2000}
+SOFT_2000 = {"assignment": "soft", "train_images": 2000}
+SOFT_ALL = {"assignment": "soft", "train_images": 5000}
 VARIANTS = {
     "database": None,  # the codebook and FAISS index the database itself holds (glueloc index/reindex)
     "random": None,
     "mean-descriptor": None,
-    "vlad-k16-pca256": {"num_clusters": 16, "pca_dim": 256},
-    "vlad-k64-pca256": {"num_clusters": 64, "pca_dim": 256},
-    "vlad-k256-pca256": {"num_clusters": 256, "pca_dim": 256},
-    "vlad-k64-raw": {"num_clusters": 64, "pca_dim": 0},
-    "vlad-k64-pca256-nowhiten": {"num_clusters": 64, "pca_dim": 256, "whiten": False},
-    "vlad-k64-pca256-soft": {"num_clusters": 64, "pca_dim": 256, "assignment": "soft"},
-    "vlad-k256-pca256-soft": {"num_clusters": 256, "pca_dim": 256, "assignment": "soft"},
-    "vlad-k256-pca512-soft": {"num_clusters": 256, "pca_dim": 512, "assignment": "soft"},
-    "vlad-k512-pca512-soft": {"num_clusters": 512, "pca_dim": 512, "assignment": "soft"},
-    "vlad-k256-pca512-soft-all": {"num_clusters": 256, "pca_dim": 512, "assignment": "soft", "train_images": 4500},
+    "vlad-k16-pca256": {"num_clusters": 16, "pca_dim": 256, **HARD_2000},
+    "vlad-k64-pca256": {"num_clusters": 64, "pca_dim": 256, **HARD_2000},
+    "vlad-k256-pca256": {"num_clusters": 256, "pca_dim": 256, **HARD_2000},
+    "vlad-k64-raw": {"num_clusters": 64, "pca_dim": 0, **HARD_2000},
+    "vlad-k64-pca256-nowhiten": {"num_clusters": 64, "pca_dim": 256, "whiten": False, **HARD_2000},
+    "vlad-k64-pca256-soft": {"num_clusters": 64, "pca_dim": 256, **SOFT_2000},
+    "vlad-k256-pca256-soft": {"num_clusters": 256, "pca_dim": 256, **SOFT_2000},
+    "vlad-k256-pca512-soft": {"num_clusters": 256, "pca_dim": 512, **SOFT_2000},
+    "vlad-k512-pca512-soft": {"num_clusters": 512, "pca_dim": 512, **SOFT_2000},
+    "vlad-k256-pca512-soft-all": {"num_clusters": 256, "pca_dim": 512, **SOFT_ALL},
+    "vlad-k16-pca256-soft-all": {"num_clusters": 16, "pca_dim": 256, **SOFT_ALL},
+    "vlad-k64-pca256-soft-all": {"num_clusters": 64, "pca_dim": 256, **SOFT_ALL},
+    "vlad-k256-pca256-soft-all": {"num_clusters": 256, "pca_dim": 256, **SOFT_ALL},
+    "vlad-k64-raw-soft-all": {"num_clusters": 64, "pca_dim": 0, **SOFT_ALL},
 }
 
 

@@ -37,7 +37,6 @@ import glueloc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from glueloc.errors import DatabaseError
 from glueloc.images import sha256_file
 from storage.database import Database, open_database
 from storage.features import image_groups

@@ -18,7 +18,6 @@ local features stay.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +25,11 @@ import h5py
 import numpy as np
 
 from glueloc.extractors.base import Features
-from glueloc.images import sha256_file
-from storage.layout import TEMP_PREFIX, atomic_publish
+from storage.layout import Published, publish_hdf5
 
 logger = logging.getLogger(__name__)
 
 SHARD_PREFIX = "shard-"
-SHARD_SUFFIX = ".h5"
 
 
 @dataclass(frozen=True)
@@ -43,36 +40,19 @@ class ShardEntry:
     features: Features
 
 
-@dataclass(frozen=True)
-class WrittenShard:
-    filename: str
-    sha256: str
-
-
-def write_shard(features_dir: Path, entries: list[ShardEntry]) -> WrittenShard:
+def write_shard(features_dir: Path, entries: list[ShardEntry]) -> Published:
     """Write ``entries`` to a new shard and publish it atomically; returns its name and hash."""
-    token = uuid.uuid4().hex
-    final = features_dir / f"{SHARD_PREFIX}{token}{SHARD_SUFFIX}"
-    temp = features_dir / f"{TEMP_PREFIX}{final.name}"
-    try:
-        with h5py.File(temp, "w", libver="latest") as handle:
-            for entry in entries:
-                group = handle.create_group(entry.name)
-                feats = entry.features
-                group.create_dataset("keypoints", data=feats.keypoints.astype(np.float32))
-                group.create_dataset("scores", data=feats.scores.astype(np.float16))
-                group.create_dataset("descriptors", data=feats.descriptors.T.astype(np.float16))
-                group.create_dataset("image_size", data=np.asarray(feats.image_size, dtype=np.int32))
-        digest = sha256_file(temp)
-        atomic_publish(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return WrittenShard(filename=final.name, sha256=digest)
 
+    def write(handle: h5py.File) -> None:
+        for entry in entries:
+            group = handle.create_group(entry.name)
+            feats = entry.features
+            group.create_dataset("keypoints", data=feats.keypoints.astype(np.float32))
+            group.create_dataset("scores", data=feats.scores.astype(np.float16))
+            group.create_dataset("descriptors", data=feats.descriptors.T.astype(np.float16))
+            group.create_dataset("image_size", data=np.asarray(feats.image_size, dtype=np.int32))
 
-def is_shard_filename(name: str) -> bool:
-    return name.startswith(SHARD_PREFIX) and name.endswith(SHARD_SUFFIX)
+    return publish_hdf5(features_dir, SHARD_PREFIX, write)
 
 
 def image_groups(handle: h5py.File) -> list[str]:

@@ -15,40 +15,21 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from glueloc.images import sha256_file
 from indexer.vlad import VLADCodebook
-from storage.features import WrittenShard
-from storage.layout import TEMP_PREFIX, atomic_publish
+from storage.layout import Published, publish_hdf5
 
 logger = logging.getLogger(__name__)
 
 CODEBOOK_PREFIX = "codebook-"
 VECTORS_PREFIX = "global-"
-SUFFIX = ".h5"
 
 
-def _publish(directory: Path, prefix: str, write: Callable[[h5py.File], None]) -> WrittenShard:
-    final = directory / f"{prefix}{uuid.uuid4().hex}{SUFFIX}"
-    temp = directory / f"{TEMP_PREFIX}{final.name}"
-    try:
-        with h5py.File(temp, "w", libver="latest") as handle:
-            write(handle)
-        digest = sha256_file(temp)
-        atomic_publish(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return WrittenShard(filename=final.name, sha256=digest)
-
-
-def write_codebook(directory: Path, codebook: VLADCodebook) -> WrittenShard:
+def write_codebook(directory: Path, codebook: VLADCodebook) -> Published:
     def write(handle: h5py.File) -> None:
         handle.attrs["config"] = json.dumps(dict(codebook.conf), sort_keys=True)
         handle.create_dataset("centroids", data=codebook.centroids)
@@ -56,7 +37,7 @@ def write_codebook(directory: Path, codebook: VLADCodebook) -> WrittenShard:
             handle.create_dataset("pca_matrix", data=codebook.pca_matrix)
             handle.create_dataset("pca_bias", data=codebook.pca_bias)
 
-    return _publish(directory, CODEBOOK_PREFIX, write)
+    return publish_hdf5(directory, CODEBOOK_PREFIX, write)
 
 
 def read_codebook(path: Path) -> VLADCodebook:
@@ -70,13 +51,13 @@ def read_codebook(path: Path) -> VLADCodebook:
         )
 
 
-def write_vectors(directory: Path, codebook_file: str, vectors: dict[str, np.ndarray]) -> WrittenShard:
+def write_vectors(directory: Path, codebook_file: str, vectors: dict[str, np.ndarray]) -> Published:
     def write(handle: h5py.File) -> None:
         handle.attrs["codebook"] = codebook_file
         for name, vector in vectors.items():
             handle.create_group(name).create_dataset("global_descriptor", data=vector.astype(np.float32))
 
-    return _publish(directory, VECTORS_PREFIX, write)
+    return publish_hdf5(directory, VECTORS_PREFIX, write)
 
 
 def read_vectors(path: Path) -> tuple[str, dict[str, np.ndarray]]:

@@ -13,8 +13,14 @@ configured), immutable HDF5 feature shards, FAISS files, and the writer lock::
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import h5py
+
+from glueloc.images import sha256_file
 
 #: Files still being written carry this prefix; they are never referenced by SQLite.
 TEMP_PREFIX = ".tmp-"
@@ -73,3 +79,31 @@ def atomic_publish(temp: Path, final: Path) -> None:
         os.fsync(handle.fileno())
     os.replace(temp, final)
     fsync_dir(final.parent)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A file made visible under its final name: what SQLite then registers."""
+
+    filename: str
+    sha256: str
+
+
+def publish_hdf5(directory: Path, prefix: str, write: Callable[[h5py.File], None]) -> Published:
+    """Write a new immutable HDF5 file via ``write`` and publish it atomically.
+
+    The file is built under a temporary name and renamed only once complete and synced,
+    so no reader (and no crash) ever sees it half-written; on any failure the temporary
+    file is removed.
+    """
+    final = directory / f"{prefix}{uuid.uuid4().hex}.h5"
+    temp = directory / f"{TEMP_PREFIX}{final.name}"
+    try:
+        with h5py.File(temp, "w", libver="latest") as handle:
+            write(handle)
+        digest = sha256_file(temp)
+        atomic_publish(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return Published(filename=final.name, sha256=digest)

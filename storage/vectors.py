@@ -111,7 +111,3 @@ class VectorIndex:
             temp.unlink(missing_ok=True)
             raise
         return final.name
-
-
-def is_index_filename(name: str) -> bool:
-    return name.startswith(INDEX_PREFIX) and name.endswith(INDEX_SUFFIX)

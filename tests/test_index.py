@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from glueloc.errors import DatabaseError, GluelocError
-from glueloc.synthetic import SyntheticDataset
 from storage.audit import audit
 from storage.database import open_database
 from storage.features import FeatureReader
