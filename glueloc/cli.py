@@ -25,7 +25,8 @@ from storage.vectors import DEFAULT_EXACT_LIMIT
 
 logger = logging.getLogger(__name__)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0] if __doc__ else None)
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Fine-grained image localisation: index labelled photos, then say where a new photo was taken.")
 db_app = typer.Typer(no_args_is_help=True, help="Schema migrations of a database.")
 app.add_typer(db_app, name="db")
 
