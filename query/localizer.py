@@ -20,7 +20,7 @@ from glueloc.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.matchers import load_matcher
 from query.position import Estimate, Neighbour, best_verified
 from query.retrieval import Candidate, retrieve
-from query.verify import verify_pair
+from query.verify import verify_candidates
 from storage.database import open_database
 from storage.features import FeatureReader
 from storage.layout import Layout
@@ -119,13 +119,13 @@ class Localizer:
         timings["retrieve"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        neighbours: list[Neighbour] = []
-        for candidate in candidates:
-            db_image = self.images[candidate.image_id]
-            db_features = self.reader.features(db_image.shard, db_image.name)
-            check = verify_pair(features, db_features, self.matcher, self.options.geometry)
-            neighbours.append(Neighbour(db_image.id, db_image.name, db_image.x, db_image.y, candidate.similarity,
-                                        check.matches, check.inliers, round(check.inlier_ratio, 3)))
+        db_images = [self.images[c.image_id] for c in candidates]
+        checks = verify_candidates(features, [self.reader.features(i.shard, i.name) for i in db_images],
+                                   self.matcher, self.options.geometry)
+        neighbours = [
+            Neighbour(i.id, i.name, i.x, i.y, c.similarity, check.matches, check.inliers, round(check.inlier_ratio, 3))
+            for i, c, check in zip(db_images, candidates, checks)
+        ]
         timings["verify"] = time.perf_counter() - clock
 
         estimate: Estimate | None = best_verified(neighbours, self.options.min_inliers)
