@@ -13,35 +13,34 @@ def codes(db: Path, deep: bool = False) -> set[str]:
     return {f.code for f in audit(Layout.at(db), deep=deep).errors}
 
 
-def current_faiss(db: Path) -> Path:
+def stored_file(db: Path, folder: str, sql: str) -> Path:
+    """The store file the catalogue names through ``sql`` (one row, one column)."""
     with sqlite3.connect(db / "glueloc.sqlite") as connection:
-        (name,) = connection.execute("select faiss_file from store_state").fetchone()
-    return db / "vectors" / name
+        (name,) = connection.execute(sql).fetchone()
+    return db / folder / name
+
+
+def current_faiss(db: Path) -> Path:
+    return stored_file(db, "vectors", "select faiss_file from store_state")
 
 
 def first_shard(db: Path) -> Path:
-    with sqlite3.connect(db / "glueloc.sqlite") as connection:
-        (name,) = connection.execute("select filename from feature_shards order by id limit 1").fetchone()
-    return db / "features" / name
+    return stored_file(db, "features", "select filename from feature_shards order by id limit 1")
+
+
+def vector_shard(db: Path) -> Path:
+    return stored_file(db, "vectors", "select filename from vector_shards order by id limit 1")
+
+
+def codebook_file(db: Path) -> Path:
+    return stored_file(db, "vectors", "select filename from codebooks, store_state "
+                                      "where codebooks.id = store_state.codebook_id")
 
 
 def test_fresh_index_is_clean(indexed: Path) -> None:
     report = audit(Layout.at(indexed), deep=True)
     assert report.clean and report.images == 24 and report.vectors == 24 and report.shards == 5
     assert not report.findings
-
-
-def vector_shard(db: Path) -> Path:
-    with sqlite3.connect(db / "glueloc.sqlite") as connection:
-        (name,) = connection.execute("select filename from vector_shards order by id limit 1").fetchone()
-    return db / "vectors" / name
-
-
-def codebook_file(db: Path) -> Path:
-    with sqlite3.connect(db / "glueloc.sqlite") as connection:
-        (name,) = connection.execute("select filename from codebooks, store_state "
-                                     "where codebooks.id = store_state.codebook_id").fetchone()
-    return db / "vectors" / name
 
 
 def test_lost_vector_shard_is_rebuilt_from_features(indexed: Path) -> None:
