@@ -252,15 +252,29 @@ def query(
     db: DbOption = DEFAULT_DB,
     k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
+    viz: Annotated[Optional[Path], typer.Option(help="Write a PNG of the matches with the best neighbour.")] = None,
+    map_png: Annotated[Optional[Path], typer.Option("--map", help="Write a PNG map: db positions, neighbours, estimate.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Say where IMAGE was taken."""
     from dataclasses import asdict
 
+    import numpy as np
+
+    from glueloc.viz import draw_map, save_rgb
     from query.localizer import Localizer, QueryOptions
 
     with Localizer(Layout.at(db), QueryOptions(k=k, collapse=collapse)) as localizer:
         result = localizer.locate(image)
+        if viz is not None and result.neighbours:
+            best = result.used[0] if result.used else max(result.neighbours, key=lambda n: n.inliers)
+            save_rgb(viz, localizer.match_picture(image, best))
+        if map_png is not None:
+            db_xy = np.array([(i.x, i.y) for i in localizer.images.values()])
+            estimate = (result.x, result.y) if result.x is not None else None
+            picture = draw_map(db_xy, [(n.x, n.y, n.inliers) for n in result.neighbours], estimate,
+                               title=f"{result.query}: confidence {result.confidence:.2f}")
+            save_rgb(map_png, picture)
     if json_out:
         typer.echo(json.dumps(asdict(result), indent=2))
         return
@@ -270,6 +284,9 @@ def query(
         mark = "*" if n in result.used else " "
         typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  inliers {n.inliers}/{n.matches}")
     typer.echo("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.seconds.items()))
+    for picture in (viz, map_png):
+        if picture is not None:
+            typer.echo(f"wrote {picture}")
 
 
 @app.command()
@@ -322,9 +339,13 @@ def evaluate(
     k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: error histogram and map of true vs predicted.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Locate every query of LABELS and report the error (MAE = mean |dx| + |dy|)."""
+    import numpy as np
+
+    from glueloc.viz import draw_errors, save_rgb
     from indexer.labels import read_labels
     from query.evaluate import evaluate as run_evaluation
     from query.localizer import Localizer, QueryOptions
@@ -333,9 +354,39 @@ def evaluate(
     with Localizer(Layout.at(db), QueryOptions(k=k, collapse=collapse)) as localizer, _progress(progress) as bar:
         task = bar.add_task("querying", total=len(rows))
         result = run_evaluation(localizer, rows, progress=lambda n: bar.advance(task, n))
+        db_xy = np.array([(i.x, i.y) for i in localizer.images.values()])
+    if plot is not None:
+        placed = [r for r in result.records if "true" in r and r["predicted"][0] is not None]
+        save_rgb(plot, draw_errors(np.array([r["error"] for r in placed]), np.array([r["true"] for r in placed]),
+                                   np.array([r["predicted"] for r in placed]), db_xy))
     if json_path:
         json_path.write_text(json.dumps({"metrics": result.metrics, "queries": result.records}, indent=2))
     typer.echo(" ".join(f"{key}={value}" for key, value in result.metrics.items()))
+
+
+@app.command()
+@user_errors
+def predict(
+    folder: Annotated[Path, typer.Argument(help="Folder of photos to locate.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write: id,x,y,confidence (appended, resumable).")],
+    db: DbOption = DEFAULT_DB,
+    k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
+    collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Locate every image in FOLDER into a CSV; run again to resume after an interruption."""
+    from query.localizer import Localizer, QueryOptions
+    from query.predict import list_images, predict_folder
+
+    total = len(list_images(folder))
+    with Localizer(Layout.at(db), QueryOptions(k=k, collapse=collapse)) as localizer, _progress(progress) as bar:
+        task = bar.add_task("locating", total=total)
+        summary = predict_folder(localizer, folder, output, progress=lambda n: bar.advance(task, n))
+    for failure in summary.failures:
+        typer.echo(f"failed: {failure}", err=True)
+    typer.echo(f"{output}: wrote {summary.written} rows, kept {summary.resumed} from before, {len(summary.failures)} failed")
+    if summary.failures:
+        raise typer.Exit(1)
 
 
 @app.command()

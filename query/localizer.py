@@ -14,18 +14,20 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from glueloc.errors import DatabaseError
+import numpy as np
+
+from glueloc.errors import DatabaseError, GluelocError
 from glueloc.extractors import load_extractor
 from glueloc.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.matchers import load_matcher
 from query.position import Estimate, Neighbour, best_verified
 from query.retrieval import Candidate, retrieve
-from query.verify import verify_candidates
+from query.verify import ransac_inliers, verify_candidates
 from storage.database import open_database
 from storage.features import FeatureReader
 from storage.layout import Layout
 from storage.globals import read_codebook
-from storage.models import Codebook, FeatureShard, Image
+from storage.models import Codebook, FeatureShard, Image, IndexRun
 from storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,11 @@ class DbImage:
     x: float
     y: float
     shard: str
+    images_dir: str | None  # where its index run found the file (for pictures)
+
+    @property
+    def path(self) -> Path | None:
+        return Path(self.images_dir) / self.name if self.images_dir else None
 
 
 @dataclass
@@ -81,7 +88,8 @@ class Localizer:
                     raise DatabaseError(f"database {self.db.layout.root} has no trained codebook: run `glueloc reindex --retrain`")
                 codebook_row = session.get(Codebook, state.codebook_id)
                 rows = session.execute(
-                    select(Image.id, Image.name, Image.x, Image.y, FeatureShard.filename).join(FeatureShard)
+                    select(Image.id, Image.name, Image.x, Image.y, FeatureShard.filename, IndexRun.images_dir)
+                    .join(FeatureShard, Image.shard_id == FeatureShard.id).join(IndexRun, Image.run_id == IndexRun.id)
                 ).all()
                 try:
                     self.index = VectorIndex.load(self.db.layout.vectors_dir / state.faiss_file)
@@ -141,6 +149,25 @@ class Localizer:
             used=[] if estimate is None else estimate.used,
             seconds={k: round(v, 4) for k, v in timings.items()},
         )
+
+    def match_picture(self, path: Path, neighbour: Neighbour) -> np.ndarray:
+        """The query and one neighbour side by side with their matches (for ``query --viz``)."""
+        from glueloc.viz import draw_matches
+
+        db_image = self.images[neighbour.image_id]
+        if db_image.path is None or not db_image.path.is_file():
+            raise GluelocError(f"{db_image.name}: the database image is no longer at {db_image.path}; cannot draw it")
+        query = load_image(path, self.options.max_pixels)
+        other = load_image(db_image.path, self.options.max_pixels)
+        features = self.extractor.extract(query.rgb)
+        db_features = self.reader.features(db_image.shard, db_image.name)
+        matches = self.matcher.match(features, db_features)
+        points0 = features.keypoints[matches.indices[:, 0]]
+        points1 = db_features.keypoints[matches.indices[:, 1]]
+        mask = ransac_inliers(points0.astype(np.float64), points1.astype(np.float64), self.options.geometry)
+        text = [f"{path.name} | {db_image.name} ({db_image.x:.2f}, {db_image.y:.2f})",
+                f"{len(matches)} matches, {int(mask.sum())} inliers"]
+        return draw_matches(query.rgb, other.rgb, points0, points1, matches.scores, mask, text)
 
     def close(self) -> None:
         self.reader.close()
