@@ -31,6 +31,7 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
     records: list[dict] = []
     errors: list[float] = []
     latencies: list[float] = []
+    stages: dict[str, list[float]] = {}
     failed = 0
     for row in rows:
         try:
@@ -44,6 +45,9 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
         error = abs(result.x - row.x) + abs(result.y - row.y) if result.x is not None else float("inf")
         errors.append(error)
         latencies.append(result.seconds["total"])
+        for stage, seconds in result.seconds.items():
+            if stage != "total":
+                stages.setdefault(stage, []).append(seconds)
         records.append({
             "name": row.name, "true": [row.x, row.y], "predicted": [result.x, result.y], "error": round(error, 3),
             "confidence": result.confidence, "verified": result.verified,
@@ -62,4 +66,7 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
         "within_5": round(float((e <= 5).mean()), 3), "gross_failures": int((e > GROSS_ERROR).sum()),
         "latency_p50_s": round(float(np.percentile(lat, 50)), 3), "latency_p95_s": round(float(np.percentile(lat, 95)), 3),
     }
+    for stage, values in stages.items():  # where the time goes: extract, retrieve, verify
+        metrics[f"{stage}_p50_s"] = round(float(np.percentile(values, 50)), 3)
+        metrics[f"{stage}_p95_s"] = round(float(np.percentile(values, 95)), 3)
     return Evaluation(records, metrics)
