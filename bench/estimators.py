@@ -7,8 +7,8 @@ neighbours into a position are cheap, so they can be compared on one evaluation 
     python bench/estimators.py eval.json --labels ../shared/benchdata/getty/db.csv
 
 Prints MAE (mean |dx| + |dy|), median, share within 2 units and gross failures (> 20
-units) per estimator. Thresholds here are fixed by hand, not tuned: this is evidence for
-the query issue, which must calibrate them on the database, not on the queries.
+units) for retrieval top-1 and each estimator of ``query.position`` with its default
+thresholds (15 inliers, 5 units, top 3) — fixed by hand, not tuned on these queries.
 """
 
 from __future__ import annotations
@@ -16,52 +16,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from collections.abc import Callable
+import sys
 from pathlib import Path
 
 import numpy as np
 
-Neighbour = tuple[float, float, int]  # x, y, inliers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from query.position import ESTIMATORS, Neighbour, estimate  # noqa: E402
 
-
-def copy_best(ns: list[Neighbour], top1: tuple[float, float]) -> tuple[float, float]:
-    best = max(ns, key=lambda n: n[2]) if ns else None
-    return (best[0], best[1]) if best and best[2] > 0 else top1
-
-
-def weighted_mean(ns: list[Neighbour], top1: tuple[float, float], n: int = 3, threshold: int = 15) -> tuple[float, float]:
-    chosen = sorted([m for m in ns if m[2] >= threshold], key=lambda m: -m[2])[:n]
-    if not chosen:
-        return copy_best(ns, top1)
-    w = np.array([m[2] for m in chosen], float)
-    xy = np.array([(m[0], m[1]) for m in chosen])
-    return tuple((w[:, None] * xy).sum(0) / w.sum())  # type: ignore[return-value]
-
-
-def densest_cluster(ns: list[Neighbour], top1: tuple[float, float], radius: float = 5.0,
-                    threshold: int = 15) -> tuple[float, float]:
-    """Group verified neighbours within ``radius`` of each other; the group with the most
-    inliers in total wins; its inlier-weighted mean is the answer."""
-    verified = [m for m in ns if m[2] >= threshold]
-    if not verified:
-        return copy_best(ns, top1)
-    best_score, best_members = -1.0, []
-    for seed in verified:
-        members = [m for m in verified if abs(m[0] - seed[0]) + abs(m[1] - seed[1]) <= radius]
-        score = sum(m[2] for m in members)
-        if score > best_score:
-            best_score, best_members = score, members
-    w = np.array([m[2] for m in best_members], float)
-    xy = np.array([(m[0], m[1]) for m in best_members])
-    return tuple((w[:, None] * xy).sum(0) / w.sum())  # type: ignore[return-value]
-
-
-ESTIMATORS: dict[str, Callable[[list[Neighbour], tuple[float, float]], tuple[float, float]]] = {
-    "retrieval top-1": lambda ns, top1: top1,
-    "copy most inliers": copy_best,
-    "inlier-weighted mean of top 3 (>= 15 inliers)": weighted_mean,
-    "densest 5-unit cluster, weighted mean": densest_cluster,
-}
+def records_neighbours(record: dict, where: dict[str, tuple[float, float]]) -> list[Neighbour]:
+    """The verified neighbours of one evaluated query, as the estimators take them."""
+    similarity = dict((name, s) for name, s in record["shortlist"])
+    return [Neighbour(0, name, *where[name], similarity.get(name, 0.0), 0, int(inliers), 0.0)
+            for name, inliers in record["neighbours"]]
 
 
 def main() -> None:
@@ -75,15 +42,18 @@ def main() -> None:
     print(f"{len(records)} queries from {args.evaluation}")
     print("| estimator | MAE | median | within 2 | > 20 units |")
     print("|---|---|---|---|---|")
-    for name, estimate in ESTIMATORS.items():
+    rows = [("retrieval top-1", None)] + [(name, name) for name in ESTIMATORS]
+    for label, method in rows:
         errors = []
         for r in records:
-            ns = [(*where[n], int(i)) for n, i in r["neighbours"]]
-            top1 = where[r["shortlist"][0][0]]
-            x, y = estimate(ns, top1)
+            if method is None:
+                x, y = where[r["shortlist"][0][0]]
+            else:
+                answer = estimate(records_neighbours(r, where), method)
+                x, y = answer.x, answer.y
             errors.append(abs(x - r["true"][0]) + abs(y - r["true"][1]))
         e = np.array(errors)
-        print(f"| {name} | {e.mean():.2f} | {np.median(e):.2f} | {(e <= 2).mean():.0%} | {(e > 20).sum()} |")
+        print(f"| {label} | {e.mean():.2f} | {np.median(e):.2f} | {(e <= 2).mean():.0%} | {(e > 20).sum()} |")
 
 
 if __name__ == "__main__":

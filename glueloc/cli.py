@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -22,6 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from glueloc.errors import GluelocError
 from storage.layout import Layout
 from storage.vectors import DEFAULT_EXACT_LIMIT
+
+if TYPE_CHECKING:
+    from query.localizer import QueryOptions
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _query_options(k: int, collapse: bool, estimator: str) -> "QueryOptions":
+    from query.localizer import QueryOptions
+    from query.position import ESTIMATORS
+
+    if estimator not in ESTIMATORS:
+        raise GluelocError(f"unknown estimator {estimator!r} ({', '.join(ESTIMATORS)})")
+    return QueryOptions(k=k, collapse=collapse, estimator=estimator)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -252,6 +264,7 @@ def query(
     db: DbOption = DEFAULT_DB,
     k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
+    estimator: Annotated[str, typer.Option(help="Position from verified neighbours: best, weighted-mean, cluster.")] = "best",
     viz: Annotated[Optional[Path], typer.Option(help="Write a PNG of the matches with the best neighbour.")] = None,
     map_png: Annotated[Optional[Path], typer.Option("--map", help="Write a PNG map: db positions, neighbours, estimate.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -262,9 +275,9 @@ def query(
     import numpy as np
 
     from glueloc.viz import draw_map, save_rgb
-    from query.localizer import Localizer, QueryOptions
+    from query.localizer import Localizer
 
-    with Localizer(Layout.at(db), QueryOptions(k=k, collapse=collapse)) as localizer:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator)) as localizer:
         result = localizer.locate(image)
         if viz is not None and result.neighbours:
             best = result.used[0] if result.used else max(result.neighbours, key=lambda n: n.inliers)
@@ -279,7 +292,8 @@ def query(
         typer.echo(json.dumps(asdict(result), indent=2))
         return
     status = "verified" if result.verified else "NOT verified (no candidate has enough inliers)"
-    typer.echo(f"{result.query}: x={result.x:.3f} y={result.y:.3f} confidence={result.confidence:.2f} ({status})")
+    typer.echo(f"{result.query}: x={result.x:.3f} y={result.y:.3f} confidence={result.confidence:.2f} "
+               f"uncertainty={result.uncertainty:.2f} ({status})")
     for n in result.neighbours:
         mark = "*" if n in result.used else " "
         typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  inliers {n.inliers}/{n.matches}")
@@ -338,6 +352,7 @@ def evaluate(
     db: DbOption = DEFAULT_DB,
     k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
+    estimator: Annotated[str, typer.Option(help="Position from verified neighbours: best, weighted-mean, cluster.")] = "best",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: error histogram and map of true vs predicted.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -348,10 +363,10 @@ def evaluate(
     from glueloc.viz import draw_errors, save_rgb
     from indexer.labels import read_labels
     from query.evaluate import evaluate as run_evaluation
-    from query.localizer import Localizer, QueryOptions
+    from query.localizer import Localizer
 
     rows = read_labels(labels, images)
-    with Localizer(Layout.at(db), QueryOptions(k=k, collapse=collapse)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator)) as localizer, _progress(progress) as bar:
         task = bar.add_task("querying", total=len(rows))
         result = run_evaluation(localizer, rows, progress=lambda n: bar.advance(task, n))
         db_xy = np.array([(i.x, i.y) for i in localizer.images.values()])
@@ -372,14 +387,15 @@ def predict(
     db: DbOption = DEFAULT_DB,
     k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
+    estimator: Annotated[str, typer.Option(help="Position from verified neighbours: best, weighted-mean, cluster.")] = "best",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Locate every image in FOLDER into a CSV; run again to resume after an interruption."""
-    from query.localizer import Localizer, QueryOptions
+    from query.localizer import Localizer
     from query.predict import list_images, predict_folder
 
     total = len(list_images(folder))
-    with Localizer(Layout.at(db), QueryOptions(k=k, collapse=collapse)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator)) as localizer, _progress(progress) as bar:
         task = bar.add_task("locating", total=total)
         summary = predict_folder(localizer, folder, output, progress=lambda n: bar.advance(task, n))
     for failure in summary.failures:

@@ -20,7 +20,7 @@ from glueloc.errors import DatabaseError, GluelocError
 from glueloc.extractors import load_extractor
 from glueloc.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.matchers import load_matcher
-from query.position import Estimate, Neighbour, best_verified
+from query.position import Estimate, Neighbour, estimate
 from query.retrieval import Candidate, retrieve
 from query.verify import ransac_inliers, verify_candidates
 from storage.database import open_database
@@ -55,6 +55,7 @@ class Location:
     x: float | None
     y: float | None
     confidence: float
+    uncertainty: float | None  # spread of the agreeing evidence, position units (query.position)
     verified: bool
     candidates: list[tuple[str, float]]  # retrieved shortlist: (db name, similarity)
     neighbours: list[Neighbour]  # every candidate verified, with its inliers
@@ -67,6 +68,7 @@ class QueryOptions:
     k: int = 10  # candidates retrieved and verified
     collapse: bool = False  # keep one image per capture position in the shortlist
     min_inliers: int = 15  # fewer RANSAC inliers do not count as verified
+    estimator: str = "best"  # best, weighted-mean or cluster (query.position)
     geometry: str = "fundamental"  # or "homography"
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -136,17 +138,18 @@ class Localizer:
         ]
         timings["verify"] = time.perf_counter() - clock
 
-        estimate: Estimate | None = best_verified(neighbours, self.options.min_inliers)
+        answer: Estimate | None = estimate(neighbours, self.options.estimator, self.options.min_inliers)
         timings["total"] = sum(timings.values())
         return Location(
             query=path.name,
-            x=None if estimate is None else estimate.x,
-            y=None if estimate is None else estimate.y,
-            confidence=0.0 if estimate is None else estimate.confidence,
-            verified=bool(estimate and estimate.verified),
+            x=None if answer is None else answer.x,
+            y=None if answer is None else answer.y,
+            confidence=0.0 if answer is None else answer.confidence,
+            uncertainty=None if answer is None else answer.uncertainty,
+            verified=bool(answer and answer.verified),
             candidates=[(self.images[c.image_id].name, round(c.similarity, 4)) for c in candidates],
             neighbours=neighbours,
-            used=[] if estimate is None else estimate.used,
+            used=[] if answer is None else answer.used,
             seconds={k: round(v, 4) for k, v in timings.items()},
         )
 
