@@ -291,14 +291,15 @@ class IndexRunner:
             raise DatabaseError(f"FAISS file {path.name} holds {index.count} vectors, expected {state.faiss_count}; run `glueloc audit --repair`")
         return index
 
-    def _load_codebook(self, db: Database, state: StoreState) -> vlad.VLADCodebook | None:
+    def _load_codebook(self, db: Database, state: StoreState) -> tuple[vlad.VLADCodebook, str] | None:
+        """The current codebook and its file name (vector shards record the name), or None."""
         if state.codebook_id is None:
             return None
         with db.session() as session:
             row = session.get(Codebook, state.codebook_id)
             assert row is not None
         try:
-            return read_codebook(self.layout.vectors_dir / row.filename)
+            return read_codebook(self.layout.vectors_dir / row.filename), row.filename
         except (OSError, KeyError) as exc:
             raise DatabaseError(f"codebook {row.filename} is unreadable ({exc}); run `glueloc audit`") from None
 
@@ -307,16 +308,16 @@ class IndexRunner:
         with db.session() as session:
             return session.scalar(select(Image.id).limit(1)) is not None
 
-    def _commit_batch(self, db: Database, run: IndexRun, state: StoreState, codebook: vlad.VLADCodebook | None,
+    def _commit_batch(self, db: Database, run: IndexRun, state: StoreState,
+                      codebook: tuple[vlad.VLADCodebook, str] | None,
                       vectors: VectorIndex | None, batch: list[_Extracted], summary: IndexSummary) -> VectorIndex | None:
         """Publish one batch (see the module docstring); returns the FAISS index to continue with."""
         shard = write_shard(self.layout.features_dir, [item.entry for item in batch])
         globals_: dict[str, np.ndarray] = {}
         vector_shard = None
         if codebook is not None:
-            globals_ = {item.row.name: codebook.aggregate(item.entry.features.descriptors) for item in batch}
-            with db.session() as session:
-                codebook_file = session.get(Codebook, state.codebook_id).filename  # type: ignore[union-attr]
+            model, codebook_file = codebook
+            globals_ = {item.row.name: model.aggregate(item.entry.features.descriptors) for item in batch}
             vector_shard = write_vectors(self.layout.vectors_dir, codebook_file, globals_)
         old_faiss = state.faiss_file
         new_faiss = old_faiss

@@ -22,7 +22,7 @@ from glueloc.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.matchers import load_matcher
 from query.position import Estimate, Neighbour, estimate
 from query.retrieval import Candidate, retrieve
-from query.verify import ransac_inliers, verify_candidates
+from query.verify import verify_candidates, verify_pair
 from storage.database import open_database
 from storage.features import FeatureReader
 from storage.layout import Layout
@@ -164,13 +164,12 @@ class Localizer:
         other = load_image(db_image.path, self.options.max_pixels)
         features = self.extractor.extract(query.rgb)
         db_features = self.reader.features(db_image.shard, db_image.name)
-        matches = self.matcher.match(features, db_features)
-        points0 = features.keypoints[matches.indices[:, 0]]
-        points1 = db_features.keypoints[matches.indices[:, 1]]
-        mask = ransac_inliers(points0.astype(np.float64), points1.astype(np.float64), self.options.geometry)
+        check = verify_pair(features, db_features, self.matcher, self.options.geometry)
+        pairs = check.correspondences
         text = [f"{path.name} | {db_image.name} ({db_image.x:.2f}, {db_image.y:.2f})",
-                f"{len(matches)} matches, {int(mask.sum())} inliers"]
-        return draw_matches(query.rgb, other.rgb, points0, points1, matches.scores, mask, text)
+                f"{check.matches} matches, {check.inliers} inliers"]
+        return draw_matches(query.rgb, other.rgb, features.keypoints[pairs.indices[:, 0]],
+                            db_features.keypoints[pairs.indices[:, 1]], pairs.scores, check.inlier_mask, text)
 
     def close(self) -> None:
         self.reader.close()

@@ -51,5 +51,5 @@ def match_files(path0: Path, path1: Path, pipeline: Pipeline, geometry: str = "f
     mask = ransac_inliers(points0, points1, geometry)
     seconds["ransac"] = time.perf_counter() - clock
     inliers = int(mask.sum())
-    verification = Verification(len(matches), inliers, inliers / len(matches) if len(matches) else 0.0, mask)
+    verification = Verification(len(matches), inliers, inliers / len(matches) if len(matches) else 0.0, mask, matches)
     return PairResult(images, features, matches, verification, {k: round(v, 4) for k, v in seconds.items()})

@@ -28,6 +28,7 @@ class Verification:
     inliers: int
     inlier_ratio: float
     inlier_mask: np.ndarray  # (matches,) bool
+    correspondences: Matches  # what the matcher proposed; inlier_mask says which RANSAC kept
 
 
 def ransac_inliers(points0: np.ndarray, points1: np.ndarray, model: str = "fundamental",
@@ -54,12 +55,12 @@ def ransac_inliers(points0: np.ndarray, points1: np.ndarray, model: str = "funda
 def verify_pair(query: Features, candidate: Features, matcher: Matcher, model: str = "fundamental") -> Verification:
     matches: Matches = matcher.match(query, candidate)
     if len(matches) == 0:
-        return Verification(0, 0, 0.0, np.zeros(0, dtype=bool))
+        return Verification(0, 0, 0.0, np.zeros(0, dtype=bool), matches)
     points0 = query.keypoints[matches.indices[:, 0]].astype(np.float64)
     points1 = candidate.keypoints[matches.indices[:, 1]].astype(np.float64)
     mask = ransac_inliers(points0, points1, model)
     inliers = int(mask.sum())
-    return Verification(len(matches), inliers, inliers / len(matches), mask)
+    return Verification(len(matches), inliers, inliers / len(matches), mask, matches)
 
 
 def verify_candidates(query: Features, candidates: list[Features], matcher: Matcher,
