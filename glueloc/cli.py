@@ -63,12 +63,11 @@ def user_errors(func: F) -> F:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops an index run the same clean way as Ctrl-C."""
+    """SIGTERM stops a writing command the same clean way as Ctrl-C, also when the CLI is
+    called without ``glueloc.entry`` (which already does this for the whole process)."""
+    from glueloc.entry import interrupt
 
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:

@@ -13,8 +13,26 @@ class GluelocError(Exception):
 
 
 class BadImageError(GluelocError):
-    """An image file that cannot be decoded safely (missing, corrupt, a pixel bomb)."""
+    """An image file that cannot be decoded safely (missing, corrupt, a pixel bomb).
+
+    ``reason`` is the message without the file's name, so a caller that knows the image
+    by another name (a CSV row naming a symlink or a file in a subfolder) can report it
+    under that name.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.reason = reason
+
+    def named(self, name: str) -> "BadImageError":
+        return BadImageError(name, self.reason)
 
 
 class DatabaseError(GluelocError):
     """A database that is missing, locked, at another schema or inconsistent."""
+
+
+class StorageWriteError(GluelocError):
+    """Writing a store failed (disk full, a file-size limit, an I/O error); what was committed is kept."""
+
+    exit_code = 1

@@ -14,6 +14,7 @@ touched, and reported one line per problem, so a rejected CSV changes nothing:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -93,6 +94,8 @@ def check_name(name: str, images_root: Path) -> tuple[Path | None, str | None]:
         return None, f"name {name!r} cannot be resolved ({exc})"
     if not resolved.is_relative_to(images_root):
         return None, f"name {name!r} resolves outside the image folder (symlink?)"
+    if resolved == images_root:
+        return None, f"name {name!r} is the image folder itself, not a file in it"
     return resolved, None
 
 
@@ -111,7 +114,8 @@ def read_labels(csv_path: Path, images_dir: Path) -> list[LabelRow]:
         raise GluelocError(f"{csv_path.name}: cannot read ({exc.strerror})") from None
     if "\x00" in text:
         raise GluelocError(f"{csv_path.name}: contains NUL bytes; not a CSV text file")
-    reader = csv.reader(text.splitlines())
+    # newline="": a quoted field keeps its line breaks (and is then refused as a control character).
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except StopIteration:

@@ -26,6 +26,7 @@ rewritten, so nothing committed can be lost.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import glueloc
-from glueloc.errors import BadImageError, DatabaseError
+from glueloc.errors import BadImageError, DatabaseError, StorageWriteError
 from glueloc.extractors import Extractor, load_extractor
 from glueloc.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image, sha256_file
 from glueloc.matchers import load_matcher
@@ -165,7 +166,29 @@ def _decoded(rows: list[LabelRow], max_pixels: int, workers: int) -> Iterator[tu
             try:
                 yield row, future.result()
             except BadImageError as exc:
-                yield row, exc
+                yield row, exc.named(row.name)  # the CSV's name, not the file's (symlinks, subfolders)
+
+
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO})
+# How the libraries underneath say it when they do not pass errno on: SQLite (through
+# sqlite3/SQLAlchemy; a write refused for size is its generic "disk I/O error") and HDF5
+# (through h5py) put the condition in the message.
+_WRITE_MESSAGES = ("database or disk is full", "disk i/o error", "no space left on device", "file too large",
+                   "disk quota exceeded", "input/output error")
+
+
+def write_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says a write to disk failed for want of room or I/O."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _WRITE_ERRNOS:
+            return True
+        if any(text in str(current).lower() for text in _WRITE_MESSAGES):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class IndexRunner:
@@ -177,13 +200,24 @@ class IndexRunner:
         self.progress = progress or (lambda n: None)
 
     def run(self, rows: list[LabelRow], images_dir: Path, arguments: dict) -> IndexSummary:
-        self.layout.make_dirs()
-        with WriterLock(self.layout.lock_path):
-            db = open_database(self.layout, create=True)
-            try:
-                return self._run_locked(db, rows, images_dir, arguments)
-            finally:
-                db.close()
+        try:
+            self.layout.make_dirs()
+            with WriterLock(self.layout.lock_path):
+                db = open_database(self.layout, create=True)
+                try:
+                    return self._run_locked(db, rows, images_dir, arguments)
+                finally:
+                    db.close()
+        except Exception as exc:
+            if isinstance(exc, StorageWriteError) or not write_failed(exc):
+                raise
+            # Every batch commits whole or not at all (see the module docstring), so a full
+            # disk is a clean stop like Ctrl-C: nothing half-written, a re-run resumes.
+            detail = " ".join(str(exc).split())[:160]
+            raise StorageWriteError(
+                f"could not write to {self.layout.root} (disk full or a file-size limit? {type(exc).__name__}: "
+                f"{detail}); committed batches are kept: free space and run the same command again"
+            ) from exc
 
     def _run_locked(self, db: Database, rows: list[LabelRow], images_dir: Path, arguments: dict) -> IndexSummary:
         started = time.perf_counter()
@@ -229,7 +263,10 @@ class IndexRunner:
             summary.outcome = "completed_with_rejections" if summary.rejections else "completed"
         except BaseException as exc:  # KeyboardInterrupt / SIGTERM included: record, then re-raise
             summary.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self._finish(db, run, summary, started, message=f"{type(exc).__name__}: {exc}"[:500])
+            try:
+                self._finish(db, run, summary, started, message=f"{type(exc).__name__}: {exc}"[:500])
+            except Exception as finish_error:  # e.g. the disk is still full: the run row stays "running"
+                logger.warning("could not record the run's outcome: %s", finish_error)
             raise
         self._finish(db, run, summary, started)
         return summary

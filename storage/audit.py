@@ -290,11 +290,14 @@ CODEBOOK_CODES = {"codebook-missing", "codebook-unreadable", "codebook-changed",
 def repair(layout: Layout) -> list[str]:
     """Rebuild what is derivable and delete leftovers; returns what was done and what was not.
 
-    Global vectors derive from the local features and the codebook, and FAISS from the
-    vectors: with the features intact, every vector and the index are rebuilt (the
-    codebook retrained only if its own file is damaged). Lost local features are not
-    derivable: they are listed, and the images' files must be indexed again.
+    Local features derive from the image files (``indexer.refeature``) while those are
+    where their run found them, unchanged; global vectors derive from the local features
+    and the codebook, and FAISS from the vectors. So damaged shards are re-extracted
+    first, then every vector and the index are rebuilt (the codebook retrained only if
+    its own file is damaged). What cannot be derived — features whose image files are
+    gone or changed — is listed and left as it is.
     """
+    from indexer.refeature import rebuild_damaged_shards
     from indexer.reindex import rebuild_global_vectors
 
     actions: list[str] = []
@@ -309,15 +312,28 @@ def repair(layout: Layout) -> list[str]:
                 run = IndexRun(command="repair", arguments={}, outcome="running", glueloc_version=glueloc.__version__)
                 session.add(run)
             codes = {f.code for f in before.errors}
+            rebuilt_features = False
+            if codes & FEATURE_CODES:
+                for fixed in rebuild_damaged_shards(db, run.id):
+                    if fixed.rebuilt_as:
+                        rebuilt_features = True
+                        actions.append(f"re-extracted the features of {fixed.images} image(s) of shard {fixed.shard} "
+                                       f"({fixed.reason}) from their files into {fixed.rebuilt_as}")
+                    else:
+                        actions.append(f"not derivable, left as is: shard {fixed.shard}: {fixed.reason}")
+                now = audit(layout, deep=True)
+                codes = {f.code for f in now.errors} | (codes - FEATURE_CODES)
+                remaining = [f for f in now.errors if f.code in FEATURE_CODES]
+            else:
+                remaining = []
             features_ok = not (codes & FEATURE_CODES)
-            if codes - FEATURE_CODES and features_ok:
+            if features_ok and (codes or rebuilt_features):
                 retrain = bool(codes & CODEBOOK_CODES)
                 result = rebuild_global_vectors(db, run.id, retrain=retrain)
                 actions.append(f"rebuilt {result.images} global vectors and the FAISS index from the local features"
                                + (f" (codebook retrained as {result.codebook_id})" if retrain else ""))
-            for finding in before.errors:
-                if finding.code in FEATURE_CODES:
-                    actions.append(f"not derivable, left as is: {finding.message}")
+            for finding in remaining:
+                actions.append(f"not derivable, left as is: {finding.message}")
             with db.session() as session, session.begin():
                 live = session.get(IndexRun, run.id)
                 assert live is not None

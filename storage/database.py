@@ -8,6 +8,7 @@ it, rather than running on a schema the code does not expect.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,19 +68,51 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(layout: Layout) -> tuple[str | None, str]:
-    """Bring the schema to the latest revision; returns (before, after)."""
-    layout.make_dirs()
-    engine = make_engine(layout.url)
+def _migrate(url: str) -> str | None:
+    """Run the migrations up to head on ``url`` in one transaction; returns the revision before."""
+    engine = make_engine(url)
     try:
         before = current_revision(engine)
-        config = alembic_config(layout.url)
+        config = alembic_config(url)
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
-        return before, head_revision()
+        if url.startswith("sqlite:///"):
+            with engine.connect() as connection:  # fold the WAL into the file before it moves
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return before
     finally:
         engine.dispose()
+
+
+def _create_sqlite(path: Path) -> None:
+    """Create a new SQLite database at ``path`` whole or not at all.
+
+    The schema is built in a temporary file that is renamed into place once complete, so
+    a crash or a full disk during creation leaves no half-made database behind for the
+    next run to trip over (only a temporary file, removed here next time).
+    """
+    for stale in path.parent.glob(f".tmp-*-{path.name}*"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        _migrate(f"sqlite:///{tmp}")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        for leftover in path.parent.glob(f"{tmp.name}*"):
+            leftover.unlink(missing_ok=True)
+
+
+def upgrade(layout: Layout) -> tuple[str | None, str]:
+    """Bring the schema to the latest revision; returns (before, after)."""
+    layout.make_dirs()
+    sqlite_path = layout.sqlite_path
+    if sqlite_path is not None and not sqlite_path.exists():
+        _create_sqlite(sqlite_path)
+        return None, head_revision()
+    return _migrate(layout.url), head_revision()
 
 
 @dataclass

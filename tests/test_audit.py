@@ -98,13 +98,36 @@ def test_stale_faiss_is_reported(indexed: Path, tmp_path: Path) -> None:
     assert audit(Layout.at(indexed), deep=True).clean
 
 
-def test_truncated_shard_is_reported_not_derivable(indexed: Path) -> None:
+def use_workdir_images(db: Path) -> Path:
+    """Point the database's runs at the test's private copy of the images (safe to damage)."""
+    images = db.parent / "images"
+    with sqlite3.connect(db / "glueloc.sqlite") as connection:
+        connection.execute("update index_runs set images_dir = ?", (str(images),))
+    return images
+
+
+def test_truncated_shard_is_re_extracted_from_the_images(indexed: Path) -> None:
+    use_workdir_images(indexed)
     shard = first_shard(indexed)
     shard.write_bytes(shard.read_bytes()[:200])
     assert codes(indexed) == {"shard-unreadable"}
     actions = repair(Layout.at(indexed))
-    assert any(a.startswith("not derivable") and shard.name in a for a in actions)
-    assert "shard-unreadable" in codes(indexed)
+    assert any(a.startswith("re-extracted the features of 5 image(s)") and shard.name in a for a in actions)
+    report = audit(Layout.at(indexed), deep=True)
+    assert report.clean and report.images == 24 and not shard.exists()
+
+
+def test_deleted_shard_with_an_image_gone_is_not_derivable(indexed: Path) -> None:
+    images = use_workdir_images(indexed)
+    shard = first_shard(indexed)
+    with sqlite3.connect(indexed / "glueloc.sqlite") as connection:
+        (name,) = connection.execute("select images.name from images join feature_shards "
+                                     "on images.shard_id = feature_shards.id order by images.id limit 1").fetchone()
+    (images / name).unlink()
+    shard.unlink()
+    actions = repair(Layout.at(indexed))
+    assert any(a.startswith(f"not derivable, left as is: shard {shard.name}") and name in a for a in actions)
+    assert "shard-missing" in codes(indexed)
 
 
 def test_missing_shard_and_row_without_features(indexed: Path) -> None:

@@ -111,3 +111,42 @@ def test_query_estimators_and_unknown_one(indexed: Path, scene: SyntheticDataset
         assert result.exit_code == 0 and answer["uncertainty"] is not None and 0 <= answer["confidence"] <= 1
     result = invoke("query", query, "--db", indexed, "--estimator", "median")
     assert result.exit_code == 2 and result.output.strip() == "error: unknown estimator 'median' (best, weighted-mean, cluster)"
+
+
+def test_query_refuses_bad_databases_and_images_in_one_line(indexed: Path, scene: SyntheticDataset,
+                                                             tmp_path: Path) -> None:
+    """Issue 5's bad input: each case is one ``error:`` line, a non-zero exit, and no output file."""
+    import shutil
+    import sqlite3
+
+    from tests.reliability.corpus import png_declaring
+
+    good = sorted(scene.queries_dir.glob("*.jpg"))[0]
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "corrupt.jpg").write_bytes(good.read_bytes()[:300])
+    (tmp_path / "bomb.png").write_bytes(png_declaring(60_000, 60_000))
+    old = tmp_path / "old-db"
+    shutil.copytree(indexed, old)
+    with sqlite3.connect(old / "glueloc.sqlite") as connection:
+        connection.execute("update alembic_version set version_num = '0001'")
+    no_images = tmp_path / "no-images"
+    shutil.copytree(indexed, no_images)
+    with sqlite3.connect(no_images / "glueloc.sqlite") as connection:
+        connection.execute("update store_state set faiss_file = null, faiss_count = 0")
+    cases = [
+        (good, tmp_path / "missing-db", "no glueloc database"),
+        (good, tmp_path / "empty-folder", "no glueloc database"),
+        (good, old, "schema revision 0001"),
+        (good, no_images, "holds no indexed images"),
+        (tmp_path / "missing.jpg", indexed, "missing.jpg: file not found"),
+        (tmp_path / "empty.jpg", indexed, "empty.jpg: empty file"),
+        (tmp_path / "corrupt.jpg", indexed, "corrupt.jpg: corrupt or truncated"),
+        (tmp_path / "bomb.png", indexed, "possible decompression bomb"),
+    ]
+    for image, db, expected in cases:
+        result = invoke("query", image, "--db", db, "--json", "--map", tmp_path / "map.png")
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2, (image, db, result.output)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (image, db, result.output)
+        assert not (tmp_path / "map.png").exists()

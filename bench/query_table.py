@@ -1,0 +1,81 @@
+"""Issue 5's benchmark table: the seed method against glueloc, on the same queries.
+
+Rows: (a) the seed method (``bench/seed.py``: exhaustive matching, copy the image with
+the most matches) on its fixed 10-query sample; (b) retrieval only (the position of the
+FAISS top-1); (c) glueloc's default query; (d) glueloc on a SIFT database — (a)–(c) on
+the sample, (b)–(d) on every dev query. (b) and (c) come from one ``glueloc evaluate
+--json`` run on the default database (the shortlist it saves is the retrieval answer;
+its seconds are the extract + retrieve stages), (d) from an evaluate run on a SIFT one:
+
+    python bench/seed.py DB query.csv --images query/ --out seed/        # hours; resumable
+    glueloc evaluate query.csv --images query/ --db DB --json default.json
+    glueloc evaluate query.csv --images query/ --db SIFT_DB --json sift.json
+    python bench/query_table.py --seed seed/ --default default.json --sift sift.json \\
+        --labels ../shared/benchdata/getty/db.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def metrics(errors: list[float], seconds: list[float]) -> str:
+    e = np.array(errors)
+    return (f"{len(e)} | {e.mean():.2f} | {np.median(e):.2f} | {(e <= 2).mean():.0%} | {(e > 20).sum()} | "
+            f"{np.median(seconds):.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=Path, required=True, help="bench/seed.py's output folder")
+    parser.add_argument("--default", type=Path, required=True, help="evaluate --json of the default database")
+    parser.add_argument("--sift", type=Path, required=True, help="evaluate --json of a SIFT database")
+    parser.add_argument("--labels", type=Path, required=True, help="the database's labels CSV (name,x,y)")
+    args = parser.parse_args()
+    with open(args.labels, newline="", encoding="utf-8-sig") as handle:
+        where = {r["name"]: (float(r["x"]), float(r["y"])) for r in csv.DictReader(handle)}
+    seed = {p.name.removesuffix(".json"): json.loads(p.read_text()) for p in sorted(args.seed.glob("*.json"))}
+    default = {r["name"]: r for r in json.loads(args.default.read_text())["queries"] if "true" in r}
+    sift = {r["name"]: r for r in json.loads(args.sift.read_text())["queries"] if "true" in r}
+    sample = sorted(seed)
+
+    def error(record: dict, x: float, y: float) -> float:
+        return abs(x - record["true"][0]) + abs(y - record["true"][1])
+
+    def seed_row(names: list[str]) -> str:
+        errors, seconds = [], []
+        for name in names:
+            best = max(seed[name]["pairs"], key=lambda p: p[3])  # most matches
+            errors.append(error(seed[name], best[1], best[2]))
+            seconds.append(seed[name]["seconds"])
+        return metrics(errors, seconds)
+
+    def retrieval_row(records: dict, names: list[str]) -> str:
+        errors = [error(records[n], *where[records[n]["shortlist"][0][0]]) for n in names]
+        seconds = [records[n]["seconds"]["extract"] + records[n]["seconds"]["retrieve"] for n in names]
+        return metrics(errors, seconds)
+
+    def glueloc_row(records: dict, names: list[str]) -> str:
+        errors = [error(records[n], *records[n]["predicted"]) for n in names]
+        return metrics(errors, [records[n]["seconds"]["total"] for n in names])
+
+    everything = sorted(default)
+    print(f"sample ({len(sample)} queries): {', '.join(sample)}")
+    print("| method | queries | MAE | median | within 2 | > 20 units | median s/query |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| (a) seed: match all {len(where)} db images, copy most matches (sample) | {seed_row(sample)} |")
+    print(f"| (b) retrieval only, top-1 (sample) | {retrieval_row(default, sample)} |")
+    print(f"| (c) glueloc default (sample) | {glueloc_row(default, sample)} |")
+    print(f"| (d) glueloc with SIFT (sample) | {glueloc_row(sift, sample)} |")
+    print(f"| (b) retrieval only, top-1 (all) | {retrieval_row(default, everything)} |")
+    print(f"| (c) glueloc default (all) | {glueloc_row(default, everything)} |")
+    print(f"| (d) glueloc with SIFT (all) | {glueloc_row(sift, sorted(sift))} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Re-extract lost local features from the original image files (``glueloc audit --repair``).
+
+Local features are derivable too, as long as the photos they came from are still where
+their index run found them and still have the sha256 recorded for them: extraction is
+deterministic for a given extractor version and configuration, both of which the
+database records. A damaged shard (missing, truncated, edited, or missing an image's
+group) is rebuilt whole into a new shard and swapped in by one SQLite transaction, the
+same commit protocol as an index run, so a crash during repair changes nothing. A shard
+with any image whose file is gone or changed is left as it is and reported: a partly
+rebuilt shard would mix features of two origins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+from sqlalchemy import select
+
+from glueloc.errors import BadImageError, GluelocError
+from glueloc.extractors import load_extractor
+from glueloc.images import load_image, sha256_file
+from storage.database import Database
+from storage.features import ShardEntry, image_groups, read_group, write_shard
+from storage.models import FeatureShard, Image, IndexRun
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardRepair:
+    shard: str
+    images: int
+    rebuilt_as: str | None  # the new shard's file name, or None when not derivable
+    reason: str  # what was wrong, or why it could not be rebuilt
+
+
+def _shard_problem(path: Path, recorded_sha256: str, names: list[str]) -> str | None:
+    """Why the shard at ``path`` cannot serve ``names`` (None when it can)."""
+    if not path.exists():
+        return "missing"
+    if sha256_file(path) != recorded_sha256:
+        return "changed since it was written"
+    try:
+        with h5py.File(path, "r", locking=False) as handle:
+            present = set(image_groups(handle))
+            absent = [name for name in names if name not in present]
+            if absent:
+                return f"lacks the features of {len(absent)} image(s)"
+            for name in names:
+                read_group(handle[name])
+    except (OSError, KeyError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    return None
+
+
+def rebuild_damaged_shards(db: Database, run_id: int) -> list[ShardRepair]:
+    """Rebuild every damaged feature shard whose images are all still on disk, unchanged."""
+    with db.session() as session:
+        state = db.state(session)
+        shards = list(session.scalars(select(FeatureShard).order_by(FeatureShard.id)))
+        members: dict[int, list[Image]] = defaultdict(list)
+        for image in session.scalars(select(Image).order_by(Image.id)):
+            members[image.shard_id].append(image)
+        folders = {run.id: run.images_dir for run in session.scalars(select(IndexRun))}
+    if state is None:
+        return []
+    extractor = None
+    results: list[ShardRepair] = []
+    for shard in shards:
+        rows = members.get(shard.id, [])
+        problem = _shard_problem(db.layout.features_dir / shard.filename, shard.sha256, [r.name for r in rows])
+        if problem is None or not rows:
+            continue
+        entries: list[ShardEntry] = []
+        missing: list[str] = []
+        for row in rows:
+            folder = folders.get(row.run_id)
+            path = Path(folder) / row.name if folder else None
+            try:
+                if path is None:
+                    raise BadImageError(row.name, "its index run recorded no image folder")
+                image = load_image(path)
+                if image.sha256 != row.sha256:
+                    raise BadImageError(row.name, f"file at {path} changed since it was indexed")
+            except BadImageError as exc:
+                missing.append(str(exc))
+                continue
+            if extractor is None:
+                extractor = load_extractor(state.extractor, state.extractor_config)
+                if extractor.version != state.extractor_version:
+                    raise GluelocError(f"cannot re-extract features: the database holds {state.extractor} "
+                                       f"v{state.extractor_version}, this glueloc extracts v{extractor.version}")
+            entries.append(ShardEntry(row.name, extractor.extract(image.rgb)))
+        if missing:
+            results.append(ShardRepair(shard.filename, len(rows), None,
+                                       f"{problem}; not derivable: {len(missing)} image file(s) unusable, "
+                                       f"e.g. {missing[0]}"))
+            continue
+        published = write_shard(db.layout.features_dir, entries)
+        with db.session() as session, session.begin():
+            new = FeatureShard(filename=published.filename, sha256=published.sha256, num_images=len(entries),
+                               run_id=run_id)
+            session.add(new)
+            session.flush()
+            counts = {entry.name: len(entry.features) for entry in entries}
+            for image in session.scalars(select(Image).where(Image.shard_id == shard.id)):
+                image.shard_id = new.id
+                image.num_keypoints = counts[image.name]
+            session.delete(session.get(FeatureShard, shard.id))
+        (db.layout.features_dir / shard.filename).unlink(missing_ok=True)
+        logger.info("shard %s (%s) rebuilt as %s from %d image files", shard.filename, problem,
+                    published.filename, len(entries))
+        results.append(ShardRepair(shard.filename, len(rows), published.filename, problem))
+    return results

@@ -1,0 +1,74 @@
+"""What the reliability suites share: the CLI in a subprocess, database checks, figures.
+
+The suites are slow (minutes) and marked ``slow``, so the default test command leaves
+them out; ``make reliability`` runs them. Each suite writes its figures as JSON to
+``$GLUELOC_RELIABILITY_OUT`` (default ``reliability-out/`` in the repository) and
+``bench/reliability_report.py`` turns them into the table in docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from storage.audit import audit
+from storage.layout import Layout
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def figures_dir() -> Path:
+    out = Path(os.environ.get("GLUELOC_RELIABILITY_OUT", REPO / "reliability-out"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def record(suite: str, figures: dict) -> None:
+    """Write one suite's figures (overwrites the previous run's)."""
+    (figures_dir() / f"{suite}.json").write_text(json.dumps(figures, indent=1, default=str))
+
+
+def glueloc_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "glueloc", *args]
+
+
+def environment() -> dict[str, str]:
+    # One thread each: the suites run several processes at once on small machines.
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(glueloc_command(*args), capture_output=True, text=True, env=environment(),
+                          timeout=timeout, **kwargs)  # type: ignore[call-overload]
+
+
+def start_cli(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(glueloc_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment(), **kwargs)  # type: ignore[call-overload]
+
+
+def image_names(db: Path) -> list[str]:
+    """Every image row's name, duplicates kept (a duplicate is a finding)."""
+    with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:
+        return [row[0] for row in connection.execute("select name from images")]
+
+
+def deep_audit_clean(db: Path) -> tuple[bool, list[str]]:
+    report = audit(Layout.at(db), deep=True)
+    return report.clean, [finding.message for finding in report.errors]
+
+
+def labels(csv: Path) -> list[str]:
+    return [line.split(",")[0] for line in csv.read_text().splitlines()[1:]]
+
+
+def one_line_errors(stderr: str) -> bool:
+    """A clear failure: no traceback, every line an ``error:``/``warning``/progress line."""
+    return "Traceback" not in stderr and all(
+        line.startswith(("error:", "warning", "interrupted", "rejected")) or not line.strip()
+        for line in stderr.splitlines()
+    )

@@ -1,0 +1,122 @@
+"""Concurrent use: queries while a writer commits, and two writers at once.
+
+Readers: while ``glueloc index`` adds images (or ``glueloc reindex --retrain`` replaces
+the codebook and every vector), the test process opens ``Localizer`` after
+``Localizer`` and locates a query with each. Every query must succeed, and everything
+it answers from must be committed: each shortlisted or verified name is in the snapshot
+the Localizer took, and still in the database afterwards.
+
+Writers: a second ``glueloc index`` started while the first runs, at a random moment,
+is refused with one line (the writer lock) — or runs after it, when the first has
+already finished; never are the two interleaved. Afterwards the database audits clean
+and holds every image exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from glueloc.errors import DatabaseError
+from glueloc.synthetic import SyntheticDataset
+from query.localizer import Localizer
+from storage.layout import Layout
+from tests.reliability.common import deep_audit_clean, image_names, labels, record, run_cli, start_cli
+from tests.reliability.conftest import copy_db
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 6
+
+
+def index_args(csv: Path, images: Path, db: Path, batch_size: int = 1) -> list[str]:
+    return ["index", str(csv), "--images", str(images), "--db", str(db), "--batch-size", str(batch_size),
+            "--no-progress", "--extractor", "sift"]
+
+
+def test_queries_while_writing(tmp_path: Path, big_scene: SyntheticDataset, half_indexed: tuple[Path, Path]) -> None:
+    half_db, full_csv = half_indexed
+    queries = sorted(big_scene.queries_dir.iterdir())
+    counts: Counter[str] = Counter()
+    problems: list[str] = []
+    for round_ in range(ROUNDS):
+        db = copy_db(half_db, tmp_path / f"db{round_}")
+        writer_kind = "index" if round_ % 2 == 0 else "reindex --retrain"
+        args = index_args(full_csv, big_scene.images_dir, db) if writer_kind == "index" else \
+            ["reindex", "--db", str(db), "--retrain"]
+        writer = start_cli(*args)
+        sizes: list[int] = []
+        while writer.poll() is None:
+            query = queries[len(sizes) % len(queries)]
+            try:
+                with Localizer(Layout.at(db)) as localizer:
+                    snapshot = {image.name for image in localizer.images.values()}
+                    answer = localizer.locate(query)
+            except DatabaseError as exc:  # a clear refusal is not an answer from uncommitted data
+                counts[f"queries refused during {writer_kind}"] += 1
+                problems.append(f"round {round_}: refused: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - any other failure is the finding
+                problems.append(f"round {round_}: {type(exc).__name__}: {exc}")
+                continue
+            sizes.append(len(snapshot))
+            counts[f"queries answered during {writer_kind}"] += 1
+            used = {name for name, _ in answer.candidates} | {n.name for n in answer.neighbours}
+            if not used <= snapshot:
+                problems.append(f"round {round_}: answer used {sorted(used - snapshot)} outside its snapshot")
+            if not snapshot <= set(image_names(db)):
+                problems.append(f"round {round_}: snapshot holds images that are not committed")
+        _, err = writer.communicate(timeout=120)
+        if writer.returncode != 0:
+            problems.append(f"round {round_}: writer failed: {err[-300:]}")
+        if sizes != sorted(sizes):
+            problems.append(f"round {round_}: a later query saw fewer images ({sizes})")
+        counts["distinct database sizes seen by queries"] += len(set(sizes))
+        clean, messages = deep_audit_clean(db)
+        counts["deep audits clean afterwards"] += int(clean)
+        if not clean:
+            problems.append(f"round {round_}: audit {messages[:2]}")
+    record("concurrent_queries", {"rounds": ROUNDS, **counts, "problems": problems})
+    print(dict(counts), problems[:3])
+    assert not problems, problems[:5]
+    assert counts["queries answered during index"] > 0 and counts["queries answered during reindex --retrain"] > 0
+
+
+def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset) -> None:
+    csv, images = big_scene.labels_csv, big_scene.images_dir
+    expected = set(labels(csv))
+    rng = random.Random(11)
+    counts: Counter[str] = Counter()
+    problems: list[str] = []
+    trials = 12
+    for trial in range(trials):
+        db = tmp_path / f"db{trial}"
+        first = start_cli(*index_args(csv, images, db, batch_size=2))
+        time.sleep(0.0 if trial % 4 == 0 else rng.uniform(0.2, 3.0))  # trial 0, 4, 8: both at once
+        second = run_cli(*index_args(csv, images, db, batch_size=2))
+        first.communicate(timeout=120)
+        codes = (first.returncode, second.returncode)
+        if second.returncode == 2 and "is being written by pid" in second.stderr:
+            counts["second writer refused by the lock"] += 1
+            if len(second.stderr.strip().splitlines()) != 1:
+                problems.append(f"trial {trial}: refusal is not one line: {second.stderr!r}")
+        elif second.returncode == 0:
+            counts["second writer ran after the first (serialised)"] += 1
+        else:
+            problems.append(f"trial {trial}: second writer exit {second.returncode}: {second.stderr[-300:]}")
+        if first.returncode not in (0, 2):
+            problems.append(f"trial {trial}: first writer exit codes {codes}")
+        finish = run_cli(*index_args(csv, images, db, batch_size=2))  # whoever lost, the set completes
+        names = image_names(db)
+        clean, messages = deep_audit_clean(db)
+        if finish.returncode != 0 or set(names) != expected or len(names) != len(set(names)) or not clean:
+            problems.append(f"trial {trial}: exit {finish.returncode}, {len(names)} rows, audit {messages[:2]}")
+        else:
+            counts["databases complete and clean"] += 1
+    record("two_writers", {"trials": trials, **counts, "problems": problems})
+    print(dict(counts), problems[:3])
+    assert not problems, problems[:5]

@@ -1,0 +1,118 @@
+"""Kill anywhere: index runs killed at a random moment lose nothing and duplicate nothing.
+
+Each trial starts a real ``glueloc index`` (or ``glueloc reindex --retrain``) in a
+subprocess, sends SIGKILL (most trials), SIGINT or SIGTERM at a random moment between
+its start and a little past its expected end, then runs ``glueloc audit`` and the same
+command again, and finally checks with a deep audit that every labelled image is
+indexed exactly once. Three situations rotate so kills land in every phase: a new
+database (first batches, codebook training, the first FAISS file), an existing database
+growing (vectors appended with a trained codebook) and a codebook retrain (every vector
+replaced in one commit).
+
+Trials go on until ``GLUELOC_KILL_RUNS`` signals (default 100) have hit a running process; a
+run that finished before its signal is counted apart.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from glueloc.synthetic import SyntheticDataset
+from tests.reliability.common import deep_audit_clean, image_names, labels, record, run_cli, start_cli
+from tests.reliability.conftest import copy_db
+
+pytestmark = pytest.mark.slow
+
+SCENARIOS = ("new database", "growing database", "reindex --retrain")
+
+
+def index_args(csv: Path, images: Path, db: Path) -> list[str]:
+    return ["index", str(csv), "--images", str(images), "--db", str(db), "--batch-size", "2", "--no-progress",
+            "--extractor", "sift"]
+
+
+def timed_full_run(args: list[str]) -> float:
+    clock = time.monotonic()
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    return time.monotonic() - clock
+
+
+def test_kill_anywhere(tmp_path: Path, big_scene: SyntheticDataset, half_indexed: tuple[Path, Path]) -> None:
+    trials = int(os.environ.get("GLUELOC_KILL_RUNS", "100"))
+    half_db, full_csv = half_indexed
+    images = big_scene.images_dir
+    expected = set(labels(full_csv))
+    # How long an uninterrupted run of each kind takes here: kills are drawn over that span.
+    durations = {
+        "new database": timed_full_run(index_args(full_csv, images, tmp_path / "t-new")),
+        "growing database": timed_full_run(index_args(full_csv, images, copy_db(half_db, tmp_path / "t-grow"))),
+        "reindex --retrain": timed_full_run(["reindex", "--db", str(copy_db(half_db, tmp_path / "t-re")), "--retrain"]),
+    }
+    rng = random.Random(20261125)
+    counts: Counter[str] = Counter()
+    problems: list[str] = []
+    trial = 0
+    while counts["kills delivered"] < trials and trial < 2 * trials:  # a run that ends first is not a kill
+        trial += 1
+        scenario = SCENARIOS[trial % len(SCENARIOS)]
+        signum = (signal.SIGINT, signal.SIGTERM)[(trial // 10) % 2] if trial % 10 == 9 else signal.SIGKILL
+        db = tmp_path / f"db{trial:03d}"
+        if scenario == "new database":
+            args, want = index_args(full_csv, images, db), expected
+        elif scenario == "growing database":
+            copy_db(half_db, db)
+            args, want = index_args(full_csv, images, db), expected
+        else:
+            copy_db(half_db, db)
+            args, want = ["reindex", "--db", str(db), "--retrain"], set(image_names(db))
+        delay = rng.uniform(0.0, 1.1 * durations[scenario])
+        process = start_cli(*args)
+        time.sleep(delay)
+        if process.poll() is None:
+            process.send_signal(signum)
+            counts["kills delivered"] += 1
+            counts[f"killed ({signal.Signals(signum).name})"] += 1
+        else:
+            counts["finished before the signal"] += 1
+        _, err = process.communicate(timeout=120)
+        if signum != signal.SIGKILL and ("Traceback" in err or process.returncode not in (0, 130, 128 + signum)):
+            problems.append(f"trial {trial}: exit {process.returncode} on {signal.Signals(signum).name}: {err[-300:]}")
+        audit_run = run_cli("audit", "--db", str(db))
+        if db.exists() and (db / "glueloc.sqlite").exists():
+            counts["audits after the kill"] += 1
+            if audit_run.returncode == 0:
+                counts["audits clean after the kill"] += 1
+            else:
+                problems.append(f"trial {trial} ({scenario}, {delay:.2f} s): audit: {audit_run.stdout[-400:]}")
+        else:
+            counts["killed before the database existed"] += 1
+        rerun = run_cli(*args)
+        if rerun.returncode != 0:
+            problems.append(f"trial {trial} ({scenario}): re-run exit {rerun.returncode}: {rerun.stderr[-300:]}")
+            continue
+        counts["re-runs completed"] += 1
+        names = image_names(db)
+        lost, duplicated = want - set(names), len(names) - len(set(names))
+        counts["images lost"] += len(lost)
+        counts["images duplicated"] += duplicated
+        clean, messages = deep_audit_clean(db)
+        counts["deep audits clean at the end"] += int(clean)
+        if lost or duplicated or not clean:
+            problems.append(f"trial {trial} ({scenario}, {delay:.2f} s): lost {sorted(lost)[:3]}, "
+                            f"duplicated {duplicated}, audit {messages[:2]}")
+    figures = {"runs started": trial, "images per run": len(expected),
+               "scenarios": {s: round(d, 2) for s, d in durations.items()}, **counts, "problems": problems}
+    record("kill_anywhere", figures)
+    print(figures)
+    assert not problems, problems[:5]
+    assert counts["kills delivered"] >= trials
+    assert counts["re-runs completed"] == trial
+    assert counts["images lost"] == 0 and counts["images duplicated"] == 0
