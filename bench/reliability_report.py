@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,12 @@ COMMANDS = {
     "disk_full_tmpfs": "pytest -m slow tests/reliability/test_disk_full.py -k full_disk",
     "damaged_stores": "pytest -m slow tests/reliability/test_damaged_stores.py",
 }
+
+
+def short(text: str) -> str:
+    """Drop what differs between runs (random file names, temporary paths)."""
+    text = re.sub(r"(shard|global|faiss|codebook)-[0-9a-f]{32}", r"\1-…", text)
+    return re.sub(r"sqlite:///\S+/|/tmp/\S+/", "", text)
 
 
 def main() -> None:
@@ -46,9 +53,9 @@ def main() -> None:
             if "audit after repair" in row:
                 done = "; ".join(line.removeprefix("repair: ") for line in row["repair"]) or "nothing to do"
                 after = "clean" if row.get("audit after repair") == 0 else "still reported (exit 1)"
-                print(f"| {row['damage']} | {row['audit exit']} | {', '.join(row['codes'])} | {done} → {after} |")
+                print(f"| {row['damage']} | {row['audit exit']} | {', '.join(row['codes'])} | {short(done)} → {after} |")
             else:
-                print(f"| {row['damage']} | {row['audit exit']} | — | {' '.join(row.get('message', []))} |")
+                print(f"| {row['damage']} | {row['audit exit']} | — | {short(' '.join(row.get('message', [])))} |")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,6 +37,20 @@ SCENARIOS = ("new database", "growing database", "reindex --retrain")
 def index_args(csv: Path, images: Path, db: Path) -> list[str]:
     return ["index", str(csv), "--images", str(images), "--db", str(db), "--batch-size", "2", "--no-progress",
             "--extractor", "sift"]
+
+
+def run_count(db: Path) -> int:
+    """How many runs the database has recorded (-1: no database yet)."""
+    if not (db / "glueloc.sqlite").exists():
+        return -1
+    with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:
+        return connection.execute("select count(*) from index_runs").fetchone()[0]
+
+
+def last_outcome(db: Path) -> str | None:
+    with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:
+        row = connection.execute("select outcome from index_runs order by id desc limit 1").fetchone()
+    return None if row is None else row[0]
 
 
 def timed_full_run(args: list[str]) -> float:
@@ -74,6 +89,7 @@ def test_kill_anywhere(tmp_path: Path, big_scene: SyntheticDataset, half_indexed
             copy_db(half_db, db)
             args, want = ["reindex", "--db", str(db), "--retrain"], set(image_names(db))
         delay = rng.uniform(0.0, 1.1 * durations[scenario])
+        runs_before = run_count(db)
         process = start_cli(*args)
         time.sleep(delay)
         if process.poll() is None:
@@ -83,7 +99,17 @@ def test_kill_anywhere(tmp_path: Path, big_scene: SyntheticDataset, half_indexed
         else:
             counts["finished before the signal"] += 1
         _, err = process.communicate(timeout=120)
-        if signum != signal.SIGKILL and ("Traceback" in err or process.returncode not in (0, 130, 128 + signum)):
+        if process.returncode == -signum and signum != signal.SIGKILL:
+            # The default action ran: either before the interpreter installed any handler
+            # (then nothing may have been written) or after the command had finished and the
+            # interpreter was tearing down (then its run must be recorded as completed).
+            if run_count(db) == runs_before:
+                counts["stopped before Python started (nothing written)"] += 1
+            elif last_outcome(db) == "completed":
+                counts["stopped while exiting after the run completed"] += 1
+            else:
+                problems.append(f"trial {trial}: killed by the default {signal.Signals(signum).name} action mid-run")
+        elif signum != signal.SIGKILL and ("Traceback" in err or process.returncode not in (0, 130, 128 + signum)):
             problems.append(f"trial {trial}: exit {process.returncode} on {signal.Signals(signum).name}: {err[-300:]}")
         audit_run = run_cli("audit", "--db", str(db))
         if db.exists() and (db / "glueloc.sqlite").exists():
