@@ -30,6 +30,30 @@ def metrics(errors: list[float], seconds: list[float]) -> str:
             f"{np.median(seconds):.2f}")
 
 
+def analysis(records: dict, where: dict[str, tuple[float, float]]) -> None:
+    """Where the default's error comes from: retrieval misses, wrong choices, copying."""
+    places = np.array(sorted(set(where.values())))
+    rows = []
+    for record in records.values():
+        truth = np.array(record["true"])
+        shortlist = [abs(where[name][0] - truth[0]) + abs(where[name][1] - truth[1]) for name, _ in record["shortlist"]]
+        nearest = float(np.abs(places - truth).sum(1).min())
+        rows.append((record["error"], min(shortlist), nearest))
+    error, best, nearest = (np.array(column) for column in zip(*rows))
+    miss, gross = best > 5, error > 20
+    chosen_near = ~miss & (error <= best + 5)
+    print(f"analysis of the default on {len(error)} queries: MAE {error.mean():.2f}")
+    print(f"  nearest db position (oracle for copying): MAE {nearest.mean():.3f}")
+    print(f"  best of the verified shortlist (hindsight): MAE {best.mean():.2f}, {(best > 20).sum()} gross")
+    print(f"  no shortlisted photo within 5 units: {miss.sum()} queries, {error[miss].sum() / error.sum():.0%} of the MAE")
+    print(f"  gross failures: {gross.sum()}, {error[gross].sum() / error.sum():.0%} of the MAE, "
+          f"{(gross & miss).sum()} of them retrieval misses")
+    print(f"  a near photo was shortlisted but a place > 5 units worse chosen: {(~miss & ~chosen_near).sum()} queries, "
+          f"{error[~miss & ~chosen_near].sum() / error.sum():.0%} of the MAE")
+    print(f"  answered near the truth: {chosen_near.sum()} queries, mean error {error[chosen_near].mean():.2f} "
+          f"(nearest db position: {nearest[chosen_near].mean():.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=Path, required=True, help="bench/seed.py's output folder")
@@ -65,6 +89,7 @@ def main() -> None:
         return metrics(errors, [records[n]["seconds"]["total"] for n in names])
 
     everything = sorted(default)
+    analysis(default, where)
     print(f"sample ({len(sample)} queries): {', '.join(sample)}")
     print("| method | queries | MAE | median | within 2 | > 20 units | median s/query |")
     print("|---|---|---|---|---|---|---|")
