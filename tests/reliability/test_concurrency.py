@@ -7,14 +7,17 @@ it answers from must be committed: each shortlisted or verified name is in the s
 the Localizer took, and still in the database afterwards.
 
 Writers: a second ``glueloc index`` started while the first runs, at a random moment,
-is refused with one line (the writer lock) — or runs after it, when the first has
-already finished; never are the two interleaved. Afterwards the database audits clean
+— at the same moment as the first, or up to a second after the first has recorded its run
+and so holds the lock — is refused with one line (the writer lock), or runs after it when
+the first has already finished; never are the two interleaved. Afterwards the database audits clean
 and holds every image exactly once.
 """
 
 from __future__ import annotations
 
 import random
+import sqlite3
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -86,6 +89,23 @@ def test_queries_while_writing(tmp_path: Path, big_scene: SyntheticDataset, half
     assert counts["queries answered during index"] > 0 and counts["queries answered during reindex --retrain"] > 0
 
 
+def wait_until_writing(db: Path, process: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    """Block until ``process`` has recorded its run (it then holds the writer lock) or ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if image_names(db) or run_rows(db):
+                return
+        except sqlite3.Error:
+            pass  # not created yet
+        time.sleep(0.02)
+
+
+def run_rows(db: Path) -> int:
+    with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=5) as connection:
+        return connection.execute("select count(*) from index_runs").fetchone()[0]
+
+
 def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset) -> None:
     csv, images = big_scene.labels_csv, big_scene.images_dir
     expected = set(labels(csv))
@@ -96,7 +116,9 @@ def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset) -> None:
     for trial in range(trials):
         db = tmp_path / f"db{trial}"
         first = start_cli(*index_args(csv, images, db, batch_size=2))
-        time.sleep(0.0 if trial % 4 == 0 else rng.uniform(0.2, 3.0))  # trial 0, 4, 8: both at once
+        if trial % 4:  # trials 0, 4, 8 start both at once; the others once the first holds the lock
+            wait_until_writing(db, first)
+            time.sleep(rng.uniform(0.0, 1.0))
         second = run_cli(*index_args(csv, images, db, batch_size=2))
         first.communicate(timeout=120)
         codes = (first.returncode, second.returncode)
