@@ -17,14 +17,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 from sqlalchemy import select
 
 from glueloc.errors import BadImageError, GluelocError
 from glueloc.extractors import load_extractor
-from glueloc.images import load_image, sha256_file
+from glueloc.images import load_image
+from storage.audit import shard_findings
 from storage.database import Database
-from storage.features import ShardEntry, image_groups, read_group, write_shard
+from storage.features import ShardEntry, write_shard
 from storage.models import FeatureShard, Image, IndexRun
 
 logger = logging.getLogger(__name__)
@@ -35,26 +35,7 @@ class ShardRepair:
     shard: str
     images: int
     rebuilt_as: str | None  # the new shard's file name, or None when not derivable
-    reason: str  # what was wrong, or why it could not be rebuilt
-
-
-def _shard_problem(path: Path, recorded_sha256: str, names: list[str]) -> str | None:
-    """Why the shard at ``path`` cannot serve ``names`` (None when it can)."""
-    if not path.exists():
-        return "missing"
-    if sha256_file(path) != recorded_sha256:
-        return "changed since it was written"
-    try:
-        with h5py.File(path, "r", locking=False) as handle:
-            present = set(image_groups(handle))
-            absent = [name for name in names if name not in present]
-            if absent:
-                return f"lacks the features of {len(absent)} image(s)"
-            for name in names:
-                read_group(handle[name])
-    except (OSError, KeyError, ValueError) as exc:
-        return f"unreadable ({exc})"
-    return None
+    reason: str  # the audit's codes for the shard, and why it could not be rebuilt if so
 
 
 def rebuild_damaged_shards(db: Database, run_id: int) -> list[ShardRepair]:
@@ -72,9 +53,10 @@ def rebuild_damaged_shards(db: Database, run_id: int) -> list[ShardRepair]:
     results: list[ShardRepair] = []
     for shard in shards:
         rows = members.get(shard.id, [])
-        problem = _shard_problem(db.layout.features_dir / shard.filename, shard.sha256, [r.name for r in rows])
-        if problem is None or not rows:
+        findings = shard_findings(db.layout.features_dir, shard, rows, deep=True)
+        if not findings or not rows:
             continue
+        problem = ", ".join(sorted({finding.code for finding in findings}))
         entries: list[ShardEntry] = []
         missing: list[str] = []
         for row in rows:

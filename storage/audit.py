@@ -83,6 +83,36 @@ class AuditReport:
                 "findings": [asdict(f) for f in self.findings]}
 
 
+def shard_findings(features_dir: Path, shard: FeatureShard, rows: list[Image], deep: bool) -> list[Finding]:
+    """What is wrong with one feature shard as the store of ``rows`` (empty: nothing).
+
+    Shared by the audit and by ``audit --repair``'s re-extraction, which rebuilds a shard
+    exactly when this finds something wrong with it.
+    """
+    found = AuditReport()
+    path = features_dir / shard.filename
+    if not path.exists():
+        found.error("shard-missing", f"shard {shard.filename} is missing: {len(rows)} image(s) have no features")
+        return found.findings
+    if deep and sha256_file(path) != shard.sha256:
+        found.error("shard-changed", f"shard {shard.filename} no longer matches its recorded sha256")
+    try:
+        with h5py.File(path, "r", locking=False) as handle:
+            groups = set(image_groups(handle))
+            for image in rows:
+                if image.name not in groups:
+                    found.error("features-missing", f"{image.name}: no features in shard {shard.filename}")
+                    continue
+                problem = _check_group(handle[image.name], image)
+                if problem:
+                    found.error("features-bad", f"{image.name}: {problem}")
+            for orphan in sorted(groups - {image.name for image in rows}):
+                found.error("features-orphan", f"shard {shard.filename} holds features of {orphan!r}, which no row owns")
+    except (OSError, KeyError) as exc:
+        found.error("shard-unreadable", f"shard {shard.filename} is unreadable ({exc}): {len(rows)} image(s) affected")
+    return found.findings
+
+
 def _check_shards(db: Database, session: Session, report: AuditReport, deep: bool) -> None:
     """Check feature shard files against the image rows."""
     rows_by_shard: dict[int, list[Image]] = defaultdict(list)
@@ -90,27 +120,7 @@ def _check_shards(db: Database, session: Session, report: AuditReport, deep: boo
         rows_by_shard[image.shard_id].append(image)
     for shard in session.scalars(select(FeatureShard).order_by(FeatureShard.id)):
         report.shards += 1
-        rows = rows_by_shard.pop(shard.id, [])
-        path = db.layout.features_dir / shard.filename
-        if not path.exists():
-            report.error("shard-missing", f"shard {shard.filename} is missing: {len(rows)} image(s) have no features")
-            continue
-        if deep and sha256_file(path) != shard.sha256:
-            report.error("shard-changed", f"shard {shard.filename} no longer matches its recorded sha256")
-        try:
-            with h5py.File(path, "r", locking=False) as handle:
-                groups = set(image_groups(handle))
-                for image in rows:
-                    if image.name not in groups:
-                        report.error("features-missing", f"{image.name}: no features in shard {shard.filename}")
-                        continue
-                    problem = _check_group(handle[image.name], image)
-                    if problem:
-                        report.error("features-bad", f"{image.name}: {problem}")
-                for orphan in sorted(groups - {image.name for image in rows}):
-                    report.error("features-orphan", f"shard {shard.filename} holds features of {orphan!r}, which no row owns")
-        except (OSError, KeyError) as exc:
-            report.error("shard-unreadable", f"shard {shard.filename} is unreadable ({exc}): {len(rows)} image(s) affected")
+        report.findings.extend(shard_findings(db.layout.features_dir, shard, rows_by_shard.pop(shard.id, []), deep))
     for shard_id, rows in rows_by_shard.items():
         report.error("shard-unregistered", f"{len(rows)} image(s) point to shard id {shard_id}, which is not registered")
 

@@ -51,6 +51,21 @@ def start_cli(*args: str, **kwargs: object) -> subprocess.Popen[str]:
                             env=environment(), **kwargs)  # type: ignore[call-overload]
 
 
+def index_args(csv: Path, images: Path, db: Path, batch_size: int) -> list[str]:
+    """``glueloc index`` with SIFT (weight-free, fast) and small batches: many commits to hit."""
+    return ["index", str(csv), "--images", str(images), "--db", str(db), "--batch-size", str(batch_size),
+            "--no-progress", "--extractor", "sift"]
+
+
+def run_count(db: Path) -> int:
+    """How many runs the database has recorded (-1: no database, or no schema yet)."""
+    try:
+        with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:
+            return connection.execute("select count(*) from index_runs").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+
+
 def image_names(db: Path) -> list[str]:
     """Every image row's name, duplicates kept (a duplicate is a finding)."""
     with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:

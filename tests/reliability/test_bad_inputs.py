@@ -25,7 +25,7 @@ from glueloc.cli import app
 from glueloc.synthetic import SyntheticDataset
 from tests.helpers import run_index, tree_digest
 from tests.reliability.common import deep_audit_clean, image_names, record
-from tests.reliability.corpus import ACCEPTED, REFUSED, REJECTED, csv_cases, image_cases
+from tests.reliability.corpus import ACCEPTED, REFUSED, csv_cases, image_cases
 
 pytestmark = pytest.mark.slow
 

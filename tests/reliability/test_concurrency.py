@@ -16,7 +16,6 @@ and holds every image exactly once.
 from __future__ import annotations
 
 import random
-import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -28,17 +27,13 @@ from glueloc.errors import DatabaseError
 from glueloc.synthetic import SyntheticDataset
 from query.localizer import Localizer
 from storage.layout import Layout
-from tests.reliability.common import deep_audit_clean, image_names, labels, record, run_cli, start_cli
+from tests.reliability.common import (deep_audit_clean, image_names, index_args, labels, record, run_cli, run_count,
+                                      start_cli)
 from tests.reliability.conftest import copy_db
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = 6
-
-
-def index_args(csv: Path, images: Path, db: Path, batch_size: int = 1) -> list[str]:
-    return ["index", str(csv), "--images", str(images), "--db", str(db), "--batch-size", str(batch_size),
-            "--no-progress", "--extractor", "sift"]
 
 
 def test_queries_while_writing(tmp_path: Path, big_scene: SyntheticDataset, half_indexed: tuple[Path, Path]) -> None:
@@ -49,7 +44,7 @@ def test_queries_while_writing(tmp_path: Path, big_scene: SyntheticDataset, half
     for round_ in range(ROUNDS):
         db = copy_db(half_db, tmp_path / f"db{round_}")
         writer_kind = "index" if round_ % 2 == 0 else "reindex --retrain"
-        args = index_args(full_csv, big_scene.images_dir, db) if writer_kind == "index" else \
+        args = index_args(full_csv, big_scene.images_dir, db, 1) if writer_kind == "index" else \
             ["reindex", "--db", str(db), "--retrain"]
         writer = start_cli(*args)
         sizes: list[int] = []
@@ -93,17 +88,9 @@ def wait_until_writing(db: Path, process: subprocess.Popen[str], timeout: float 
     """Block until ``process`` has recorded its run (it then holds the writer lock) or ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if image_names(db) or run_rows(db):
-                return
-        except sqlite3.Error:
-            pass  # not created yet
+        if run_count(db) > 0:
+            return
         time.sleep(0.02)
-
-
-def run_rows(db: Path) -> int:
-    with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=5) as connection:
-        return connection.execute("select count(*) from index_runs").fetchone()[0]
 
 
 def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset) -> None:
@@ -115,11 +102,11 @@ def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset) -> None:
     trials = 12
     for trial in range(trials):
         db = tmp_path / f"db{trial}"
-        first = start_cli(*index_args(csv, images, db, batch_size=2))
+        first = start_cli(*index_args(csv, images, db, 2))
         if trial % 4:  # trials 0, 4, 8 start both at once; the others once the first holds the lock
             wait_until_writing(db, first)
             time.sleep(rng.uniform(0.0, 1.0))
-        second = run_cli(*index_args(csv, images, db, batch_size=2))
+        second = run_cli(*index_args(csv, images, db, 2))
         first.communicate(timeout=120)
         codes = (first.returncode, second.returncode)
         if second.returncode == 2 and "is being written by pid" in second.stderr:
@@ -132,7 +119,7 @@ def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset) -> None:
             problems.append(f"trial {trial}: second writer exit {second.returncode}: {second.stderr[-300:]}")
         if first.returncode not in (0, 2):
             problems.append(f"trial {trial}: first writer exit codes {codes}")
-        finish = run_cli(*index_args(csv, images, db, batch_size=2))  # whoever lost, the set completes
+        finish = run_cli(*index_args(csv, images, db, 2))  # whoever lost, the set completes
         names = image_names(db)
         clean, messages = deep_audit_clean(db)
         if finish.returncode != 0 or set(names) != expected or len(names) != len(set(names)) or not clean:

@@ -25,22 +25,19 @@ from pathlib import Path
 import pytest
 
 from glueloc.synthetic import SyntheticDataset
-from tests.reliability.common import deep_audit_clean, environment, glueloc_command, image_names, labels, record, run_cli
+from tests.reliability.common import (deep_audit_clean, environment, glueloc_command, image_names, index_args, labels,
+                                      record, run_cli)
 
 pytestmark = pytest.mark.slow
-
-
-def index_args(csv: Path, images: Path, db: Path) -> list[str]:
-    return ["index", str(csv), "--images", str(images), "--db", str(db), "--batch-size", "4", "--no-progress",
-            "--extractor", "sift"]
 
 
 def tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def check_failure_then_resume(db: Path, args: list[str], failed: subprocess.CompletedProcess[str],
-                              expected: set[str], counts: Counter[str], problems: list[str], label: str) -> None:
+def check_failure(db: Path, failed: subprocess.CompletedProcess[str], counts: Counter[str], problems: list[str],
+                  label: str) -> None:
+    """The failed run: one line, exit 1; the database it left audits clean."""
     if failed.returncode == 0:
         counts["runs that fitted (no failure)"] += 1
     else:
@@ -73,21 +70,21 @@ def test_file_size_limit(tmp_path: Path, big_scene: SyntheticDataset) -> None:
     csv, images = big_scene.labels_csv, big_scene.images_dir
     expected = set(labels(csv))
     reference = tmp_path / "reference"
-    assert run_cli(*index_args(csv, images, reference)).returncode == 0
+    assert run_cli(*index_args(csv, images, reference, 4)).returncode == 0
     largest = max(p.stat().st_size for p in reference.rglob("*") if p.is_file())
     counts: Counter[str] = Counter()
     problems: list[str] = []
     limits = sorted({int(largest * f) for f in (0.002, 0.01, 0.03, 0.06, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 0.95)})
     for limit in limits:
         db = tmp_path / f"db-{limit}"
-        args = index_args(csv, images, db)
+        args = index_args(csv, images, db, 4)
 
         def cap(limit: int = limit) -> None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
         failed = subprocess.run(glueloc_command(*args), capture_output=True, text=True, env=environment(),
                                 timeout=300, preexec_fn=cap)
-        check_failure_then_resume(db, args, failed, expected, counts, problems, f"limit {limit} bytes")
+        check_failure(db, failed, counts, problems, f"limit {limit} bytes")
         finish(db, args, expected, counts, problems, f"limit {limit} bytes")
     record("disk_full_rlimit", {"limits tried": len(limits), "largest file (bytes)": largest, **counts,
                                 "problems": problems})
@@ -109,7 +106,7 @@ def test_full_disk(tmp_path: Path, big_scene: SyntheticDataset) -> None:
     csv, images = big_scene.labels_csv, big_scene.images_dir
     expected = set(labels(csv))
     reference = tmp_path / "reference"
-    assert run_cli(*index_args(csv, images, reference)).returncode == 0
+    assert run_cli(*index_args(csv, images, reference, 4)).returncode == 0
     full = tree_bytes(reference)
     probe = tmp_path / "probe"
     reason = _mount_tmpfs(probe, 1 << 20)
@@ -125,9 +122,9 @@ def test_full_disk(tmp_path: Path, big_scene: SyntheticDataset) -> None:
         assert _mount_tmpfs(mount, size) is None
         try:
             db = mount / "db"
-            args = index_args(csv, images, db)
+            args = index_args(csv, images, db, 4)
             failed = run_cli(*args)
-            check_failure_then_resume(db, args, failed, expected, counts, problems, f"disk of {size} bytes")
+            check_failure(db, failed, counts, problems, f"disk of {size} bytes")
             subprocess.run(["mount", "-o", f"remount,size={4 * full}", str(mount)], check=True)
             finish(db, args, expected, counts, problems, f"disk of {size} bytes")
         finally:

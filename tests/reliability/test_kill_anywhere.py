@@ -26,25 +26,13 @@ from pathlib import Path
 import pytest
 
 from glueloc.synthetic import SyntheticDataset
-from tests.reliability.common import deep_audit_clean, image_names, labels, record, run_cli, start_cli
+from tests.reliability.common import (deep_audit_clean, image_names, index_args, labels, record, run_cli, run_count,
+                                      start_cli)
 from tests.reliability.conftest import copy_db
 
 pytestmark = pytest.mark.slow
 
 SCENARIOS = ("new database", "growing database", "reindex --retrain")
-
-
-def index_args(csv: Path, images: Path, db: Path) -> list[str]:
-    return ["index", str(csv), "--images", str(images), "--db", str(db), "--batch-size", "2", "--no-progress",
-            "--extractor", "sift"]
-
-
-def run_count(db: Path) -> int:
-    """How many runs the database has recorded (-1: no database yet)."""
-    if not (db / "glueloc.sqlite").exists():
-        return -1
-    with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:
-        return connection.execute("select count(*) from index_runs").fetchone()[0]
 
 
 def last_outcome(db: Path) -> str | None:
@@ -67,8 +55,8 @@ def test_kill_anywhere(tmp_path: Path, big_scene: SyntheticDataset, half_indexed
     expected = set(labels(full_csv))
     # How long an uninterrupted run of each kind takes here: kills are drawn over that span.
     durations = {
-        "new database": timed_full_run(index_args(full_csv, images, tmp_path / "t-new")),
-        "growing database": timed_full_run(index_args(full_csv, images, copy_db(half_db, tmp_path / "t-grow"))),
+        "new database": timed_full_run(index_args(full_csv, images, tmp_path / "t-new", 2)),
+        "growing database": timed_full_run(index_args(full_csv, images, copy_db(half_db, tmp_path / "t-grow"), 2)),
         "reindex --retrain": timed_full_run(["reindex", "--db", str(copy_db(half_db, tmp_path / "t-re")), "--retrain"]),
     }
     rng = random.Random(20261125)
@@ -81,10 +69,10 @@ def test_kill_anywhere(tmp_path: Path, big_scene: SyntheticDataset, half_indexed
         signum = (signal.SIGINT, signal.SIGTERM)[(trial // 10) % 2] if trial % 10 == 9 else signal.SIGKILL
         db = tmp_path / f"db{trial:03d}"
         if scenario == "new database":
-            args, want = index_args(full_csv, images, db), expected
+            args, want = index_args(full_csv, images, db, 2), expected
         elif scenario == "growing database":
             copy_db(half_db, db)
-            args, want = index_args(full_csv, images, db), expected
+            args, want = index_args(full_csv, images, db, 2), expected
         else:
             copy_db(half_db, db)
             args, want = ["reindex", "--db", str(db), "--retrain"], set(image_names(db))
