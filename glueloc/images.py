@@ -76,19 +76,19 @@ def load_image(
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise BadImageError(path.name,f"file not found") from None
+        raise BadImageError(path.name, "file not found") from None
     except OSError as exc:
-        raise BadImageError(path.name,f"cannot read ({exc.strerror})") from None
+        raise BadImageError(path.name, f"cannot read ({exc.strerror})") from None
     if not path.is_file():
-        raise BadImageError(path.name,f"not a regular file")
+        raise BadImageError(path.name, "not a regular file")
     if size == 0:
-        raise BadImageError(path.name,f"empty file (0 bytes)")
+        raise BadImageError(path.name, "empty file (0 bytes)")
     if size > max_bytes:
-        raise BadImageError(path.name,f"file of {size} bytes exceeds the {max_bytes}-byte limit")
+        raise BadImageError(path.name, f"file of {size} bytes exceeds the {max_bytes}-byte limit")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise BadImageError(path.name,f"cannot read ({exc.strerror})") from None
+        raise BadImageError(path.name, f"cannot read ({exc.strerror})") from None
     sha = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
@@ -96,11 +96,11 @@ def load_image(
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width <= 0 or height <= 0:
-                    raise BadImageError(path.name,f"declared size {width}x{height} is empty")
+                    raise BadImageError(path.name, f"declared size {width}x{height} is empty")
                 if width * height > max_pixels:
-                    raise BadImageError(path.name,
-                        f"declared size {width}x{height} exceeds the "
-                        f"{max_pixels}-pixel limit (possible decompression bomb)"
+                    raise BadImageError(
+                        path.name,
+                        f"declared size {width}x{height} exceeds the {max_pixels}-pixel limit (possible decompression bomb)",
                     )
                 image.load()  # raises on truncated or corrupt data
                 image = ImageOps.exif_transpose(image)
@@ -108,13 +108,13 @@ def load_image(
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImageError(path.name,
-            f"declared size exceeds the decoder's pixel limit (possible decompression bomb)"
+        raise BadImageError(
+            path.name, "declared size exceeds the decoder's pixel limit (possible decompression bomb)"
         ) from None
     except UnidentifiedImageError:
-        raise BadImageError(path.name,f"not a decodable image (unknown or corrupt format)") from None
+        raise BadImageError(path.name, "not a decodable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImageError(path.name,f"corrupt or truncated image ({exc})") from None
+        raise BadImageError(path.name, f"corrupt or truncated image ({exc})") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 8:
-        raise BadImageError(path.name,f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to match")
+        raise BadImageError(path.name, f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to match")
     return DecodedImage(rgb=np.ascontiguousarray(rgb), sha256=sha, width=rgb.shape[1], height=rgb.shape[0])

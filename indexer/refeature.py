@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from glueloc.errors import BadImageError, GluelocError
-from glueloc.extractors import load_extractor
+from glueloc.errors import BadImageError
+from glueloc.extractors import load_recorded_extractor
 from glueloc.images import load_image
 from storage.audit import shard_findings
 from storage.database import Database
@@ -72,10 +72,7 @@ def rebuild_damaged_shards(db: Database, run_id: int) -> list[ShardRepair]:
                 missing.append(str(exc))
                 continue
             if extractor is None:
-                extractor = load_extractor(state.extractor, state.extractor_config)
-                if extractor.version != state.extractor_version:
-                    raise GluelocError(f"cannot re-extract features: the database holds {state.extractor} "
-                                       f"v{state.extractor_version}, this glueloc extracts v{extractor.version}")
+                extractor = load_recorded_extractor(state.extractor, state.extractor_version, state.extractor_config)
             entries.append(ShardEntry(row.name, extractor.extract(image.rgb)))
         if missing:
             results.append(ShardRepair(shard.filename, len(rows), None,

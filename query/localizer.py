@@ -17,7 +17,7 @@ from sqlalchemy import select
 import numpy as np
 
 from glueloc.errors import DatabaseError, GluelocError
-from glueloc.extractors import load_extractor
+from glueloc.extractors import load_recorded_extractor
 from glueloc.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.matchers import load_matcher
 from query.position import Estimate, Neighbour, estimate
@@ -105,12 +105,7 @@ class Localizer:
                 raise DatabaseError(
                     f"FAISS holds {self.index.count} vectors for {len(self.images)} images: run `glueloc audit`"
                 )
-            self.extractor = load_extractor(state.extractor, state.extractor_config)
-            if self.extractor.version != state.extractor_version:
-                raise DatabaseError(
-                    f"database features are {state.extractor} v{state.extractor_version}, this glueloc "
-                    f"extracts v{self.extractor.version}: re-index into a new database"
-                )
+            self.extractor = load_recorded_extractor(state.extractor, state.extractor_version, state.extractor_config)
             self.matcher = load_matcher(state.matcher, state.matcher_config)
             return
         raise DatabaseError("the FAISS index kept changing while opening; try again")

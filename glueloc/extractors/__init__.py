@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from glueloc.errors import DatabaseError
 from glueloc.extractors.base import Extractor, Features
 from glueloc.registry import EXTRACTORS, instantiate
 
@@ -17,4 +18,20 @@ def load_extractor(name: str, conf: Mapping[str, Any] | None = None) -> Extracto
     return instantiate("extractor", EXTRACTORS, name, conf)
 
 
-__all__ = ["EXTRACTORS", "Extractor", "Features", "load_extractor"]
+def load_recorded_extractor(name: str, version: str, conf: Mapping[str, Any]) -> Extractor:
+    """The extractor a database recorded, refusing a different version of it.
+
+    Anything that extracts features to compare with or replace stored ones (a query,
+    the repair's re-extraction) must produce what the database holds; another version
+    of the same extractor would not.
+    """
+    extractor = load_extractor(name, conf)
+    if extractor.version != version:
+        raise DatabaseError(
+            f"database features are {name} v{version}, this glueloc extracts v{extractor.version}: "
+            "re-index into a new database"
+        )
+    return extractor
+
+
+__all__ = ["EXTRACTORS", "Extractor", "Features", "load_extractor", "load_recorded_extractor"]
