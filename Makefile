@@ -1,5 +1,5 @@
 # Two entry points do all the set-up on a fresh machine:
-#   make demo   install, render a synthetic room, index it, locate held-out views, print the error
+#   make demo   install, render a synthetic room, index and calibrate it, locate held-out views, print the error
 #   make test   install, run the test suite
 #   make reliability   the long kill / bad-input / concurrency / damage / disk-full suites (docs/RELIABILITY.md)
 # torch is pinned to the CPU build (2.13.0); an unpinned torch would pull a multi-GB CUDA build.

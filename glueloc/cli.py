@@ -37,6 +37,8 @@ DbOption = Annotated[Path, typer.Option("--db", envvar="GLUELOC_DB", help="Datab
 DEFAULT_DB = Path("glueloc-db")
 DEFAULT_PIPELINE = "xfeat+lighterglue"  # chosen by bench/matchers.py (README)
 F = TypeVar("F", bound=Callable[..., Any])
+ESTIMATOR_HELP = ("Position from verified neighbours: auto (the database's calibration if any, else best), "
+                  "calibrated, best, weighted-mean, cluster.")
 
 
 def _fail(message: str, code: int) -> None:
@@ -74,12 +76,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _query_options(k: int, collapse: bool, estimator: str) -> "QueryOptions":
-    from query.localizer import QueryOptions
+def _query_options(k: int | None, collapse: bool, estimator: str) -> "QueryOptions":
+    from query.localizer import AUTO, CALIBRATED, QueryOptions
     from query.position import ESTIMATORS
 
-    if estimator not in ESTIMATORS:
-        raise GluelocError(f"unknown estimator {estimator!r} ({', '.join(ESTIMATORS)})")
+    known = (AUTO, CALIBRATED, *ESTIMATORS)
+    if estimator not in known:
+        raise GluelocError(f"unknown estimator {estimator!r} ({', '.join(known)})")
     return QueryOptions(k=k, collapse=collapse, estimator=estimator)
 
 
@@ -261,9 +264,9 @@ def db_current(db: DbOption = DEFAULT_DB) -> None:
 def query(
     image: Annotated[Path, typer.Argument(help="The photo to locate.")],
     db: DbOption = DEFAULT_DB,
-    k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
+    k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
-    estimator: Annotated[str, typer.Option(help="Position from verified neighbours: best, weighted-mean, cluster.")] = "best",
+    estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
     viz: Annotated[Optional[Path], typer.Option(help="Write a PNG of the matches with the best neighbour.")] = None,
     map_png: Annotated[Optional[Path], typer.Option("--map", help="Write a PNG map: db positions, neighbours, estimate.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -292,14 +295,56 @@ def query(
         return
     status = "verified" if result.verified else "NOT verified (no candidate has enough inliers)"
     typer.echo(f"{result.query}: x={result.x:.3f} y={result.y:.3f} confidence={result.confidence:.2f} "
-               f"uncertainty={result.uncertainty:.2f} ({status})")
+               f"uncertainty={result.uncertainty:.2f} ({status}; {result.ranked_by})")
     for n in result.neighbours:
         mark = "*" if n in result.used else " "
-        typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  inliers {n.inliers}/{n.matches}")
+        chance = "" if n.probability is None else f"  p(near) {n.probability:.2f}"
+        typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  "
+                   f"inliers {n.inliers}/{n.matches}{chance}")
     typer.echo("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.seconds.items()))
     for picture in (viz, map_png):
         if picture is not None:
             typer.echo(f"wrote {picture}")
+
+
+@app.command()
+@user_errors
+def calibrate(
+    db: DbOption = DEFAULT_DB,
+    places: Annotated[int, typer.Option(min=10, help="Capture points to hold out, one view each.")] = 300,
+    k: Annotated[Optional[list[int]], typer.Option(
+        min=2, help="Shortlist lengths to compare (repeat the option) [default: 10 and 15].")] = None,
+    seed: Annotated[int, typer.Option(help="Which places are held out.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fit how queries rank candidates and state confidence, on the database's own held-out places."""
+    from query.calibrate import CalibrationOptions, variant
+    from query.calibrate import calibrate as run_calibration
+    from query.localizer import Localizer
+
+    options = CalibrationOptions(places=places, seed=seed, **({"shortlists": tuple(sorted(set(k)))} if k else {}))
+    with Localizer(Layout.at(db), _query_options(options.k_max, False, "best")) as localizer, _progress(progress) as bar:
+        task = bar.add_task("holding out places", total=min(places, len(set(localizer.positions.values()))))
+        result = run_calibration(localizer, options, progress=lambda done, total: bar.update(task, completed=done))
+    summary = {"calibration": result.calibration_id, "held_out": result.held_out, "near_radius": round(result.radius, 3),
+               "k": result.k, "rule": result.rule, "variants": result.metrics, "confidence": result.confidence,
+               "weights": dict(zip(result.model.features, [round(float(w), 3) for w in result.model.weights])),
+               "median_seconds_per_place": round(result.seconds_per_place, 3)}
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"calibration {result.calibration_id}: {result.held_out} places held out, near radius "
+               f"{result.radius:.2f}; queries will verify k = {result.k} and use rule {result.rule}")
+    typer.echo("cross-validated on held-out places (rule@k):")
+    chosen = variant(result.rule, result.k)
+    for name, m in result.metrics.items():
+        mark = "*" if name == chosen else " "
+        typer.echo(f" {mark} {name:14s} MAE {m['mae']:.2f}  median {m['median']:.2f}  within 2 {m['within_2']:.0%}  "
+                   f"> 20 units {m['gross_failures']}")
+    c = result.confidence
+    typer.echo(f"confidence: MAE of the most confident 50 % {c['mae_top_50']:.2f}, 80 % {c['mae_top_80']:.2f}, "
+               f"all {c['mae_top_100']:.2f}; Spearman(confidence, error) {c['spearman_confidence_error']:.2f}")
 
 
 @app.command()
@@ -349,9 +394,9 @@ def evaluate(
     labels: Annotated[Path, typer.Argument(help="CSV name,x,y of the queries (true positions).")],
     images: Annotated[Path, typer.Option("--images", help="Folder of the query images.")],
     db: DbOption = DEFAULT_DB,
-    k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
+    k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
-    estimator: Annotated[str, typer.Option(help="Position from verified neighbours: best, weighted-mean, cluster.")] = "best",
+    estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: error histogram and map of true vs predicted.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -384,9 +429,9 @@ def predict(
     folder: Annotated[Path, typer.Argument(help="Folder of photos to locate.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write: id,x,y,confidence (appended, resumable).")],
     db: DbOption = DEFAULT_DB,
-    k: Annotated[int, typer.Option(min=1, help="Candidates to retrieve and verify.")] = 10,
+    k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
-    estimator: Annotated[str, typer.Option(help="Position from verified neighbours: best, weighted-mean, cluster.")] = "best",
+    estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Locate every image in FOLDER into a CSV; run again to resume after an interruption."""
@@ -412,7 +457,7 @@ def demo(
     queries: Annotated[int, typer.Option(min=1, help="Held-out query views.")] = 12,
     seed: int = 0,
 ) -> None:
-    """Render a synthetic room, index it, locate held-out views and print the error."""
+    """Render a synthetic room, index it, calibrate it, locate held-out views and print the error."""
     from glueloc.synthetic import write_dataset
     from indexer.labels import read_labels
     from indexer.pipeline import IndexOptions, IndexRunner
@@ -430,6 +475,19 @@ def demo(
 
     report = run_audit(layout)
     typer.echo(f"audit: {'clean' if report.clean else [f.message for f in report.errors]}")
+    from query.calibrate import MIN_PLACES, CalibrationOptions, variant
+    from query.calibrate import calibrate as run_calibration
+
+    if places >= MIN_PLACES:
+        options = CalibrationOptions(places=places)
+        with Localizer(layout, _query_options(options.k_max, False, "best")) as localizer:
+            fitted = run_calibration(localizer, options)
+        chosen, plain = variant(fitted.rule, fitted.k), variant("inliers", min(options.shortlists))
+        typer.echo(f"calibrated on {fitted.held_out} held-out places: k {fitted.k}, rule {fitted.rule}, cross-validated "
+                   f"MAE {fitted.metrics[chosen]['mae']:.2f} (most inliers of the top {min(options.shortlists)}: "
+                   f"{fitted.metrics[plain]['mae']:.2f})")
+    else:
+        typer.echo(f"not calibrated: {places} places are fewer than the {MIN_PLACES} calibration needs")
     with Localizer(layout) as localizer:
         result = run_evaluation(localizer, read_labels(data.queries_csv, data.queries_dir))
     for record in result.records:

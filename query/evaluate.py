@@ -21,6 +21,25 @@ logger = logging.getLogger(__name__)
 GROSS_ERROR = 20.0  # units; a "gross failure" is an answer further off than this
 
 
+def error_metrics(errors: np.ndarray) -> dict[str, float | int]:
+    """The headline numbers of a set of errors (|dx| + |dy| each)."""
+    return {"mae": round(float(errors.mean()), 3), "median": round(float(np.median(errors)), 3),
+            "within_2": round(float((errors <= 2).mean()), 3), "gross_failures": int((errors > GROSS_ERROR).sum())}
+
+
+def confidence_metrics(errors: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
+    """Does confidence mean something? MAE of the most confident 50 % / 80 % / all answers,
+    and Spearman's rank correlation of confidence with error (negative is good)."""
+    order = np.argsort(-confidence, kind="stable")
+    out = {f"mae_top_{share}": round(float(errors[order[:max(1, len(order) * share // 100)]].mean()), 3)
+           for share in (50, 80, 100)}
+    rank_c = np.argsort(np.argsort(confidence, kind="stable"), kind="stable").astype(float)
+    rank_e = np.argsort(np.argsort(errors, kind="stable"), kind="stable").astype(float)
+    varied = len(errors) > 2 and rank_c.std() > 0 and rank_e.std() > 0
+    out["spearman_confidence_error"] = round(float(np.corrcoef(rank_c, rank_e)[0, 1]), 3) if varied else 0.0
+    return out
+
+
 @dataclass
 class Evaluation:
     records: list[dict]
@@ -30,6 +49,7 @@ class Evaluation:
 def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int], None] | None = None) -> Evaluation:
     records: list[dict] = []
     errors: list[float] = []
+    confidences: list[float] = []
     latencies: list[float] = []
     stages: dict[str, list[float]] = {}
     failed = 0
@@ -44,6 +64,7 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
             continue
         error = abs(result.x - row.x) + abs(result.y - row.y) if result.x is not None else float("inf")
         errors.append(error)
+        confidences.append(result.confidence)
         latencies.append(result.seconds["total"])
         for stage, seconds in result.seconds.items():
             if stage != "total":
@@ -52,7 +73,8 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
             "name": row.name, "true": [row.x, row.y], "predicted": [result.x, result.y], "error": round(error, 3),
             "confidence": result.confidence, "verified": result.verified,
             "shortlist": result.candidates,
-            "neighbours": [(n.name, n.inliers) for n in result.neighbours],
+            "neighbours": [(n.name, n.inliers) if n.probability is None else (n.name, n.inliers, n.probability)
+                           for n in result.neighbours],
             "seconds": result.seconds,
         })
         if progress:
@@ -66,6 +88,9 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
         "within_5": round(float((e <= 5).mean()), 3), "gross_failures": int((e > GROSS_ERROR).sum()),
         "latency_p50_s": round(float(np.percentile(lat, 50)), 3), "latency_p95_s": round(float(np.percentile(lat, 95)), 3),
     }
+    if errors:
+        confidence = confidence_metrics(e, np.array(confidences))
+        metrics.update({f"confidence_{key}": value for key, value in confidence.items()})
     for stage, values in stages.items():  # where the time goes: extract, retrieve, verify
         metrics[f"{stage}_p50_s"] = round(float(np.percentile(values, 50)), 3)
         metrics[f"{stage}_p95_s"] = round(float(np.percentile(values, 95)), 3)

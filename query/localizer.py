@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -17,17 +17,18 @@ from sqlalchemy import select
 import numpy as np
 
 from glueloc.errors import DatabaseError, GluelocError
-from glueloc.extractors import load_recorded_extractor
+from glueloc.extractors import Features, load_recorded_extractor
 from glueloc.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.matchers import load_matcher
-from query.position import Estimate, Neighbour, estimate
+from query.position import Estimate, Neighbour, estimate, estimate_ranked
+from query.rerank import RerankModel
 from query.retrieval import Candidate, retrieve
 from query.verify import verify_candidates, verify_pair
 from storage.database import open_database
 from storage.features import FeatureReader
 from storage.layout import Layout
 from storage.globals import read_codebook
-from storage.models import Codebook, FeatureShard, Image, IndexRun
+from storage.models import Calibration, Codebook, FeatureShard, Image, IndexRun
 from storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -60,15 +61,33 @@ class Location:
     candidates: list[tuple[str, float]]  # retrieved shortlist: (db name, similarity)
     neighbours: list[Neighbour]  # every candidate verified, with its inliers
     used: list[Neighbour]  # the neighbours the estimate rests on
+    ranked_by: str = ""  # which rule chose: "calibration <id> (rule ...)" or the uncalibrated estimator
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
+class CalibrationInUse:
+    """The database's calibration of its current codebook (``glueloc calibrate``)."""
+
+    id: int
+    model: RerankModel
+    rule: str  # query.position.RANKED_RULES
+    sharpness: float
+    k: int  # the shortlist length it was fitted with
+
+
+#: ``auto`` uses the database's calibration when it has one for its current codebook,
+#: and the uncalibrated ``best`` (most inliers) otherwise.
+AUTO = "auto"
+CALIBRATED = "calibrated"
+
+
+@dataclass(frozen=True)
 class QueryOptions:
-    k: int = 10  # candidates retrieved and verified
+    k: int | None = None  # candidates retrieved and verified; None: the calibration's k, else 10
     collapse: bool = False  # keep one image per capture position in the shortlist
     min_inliers: int = 15  # fewer RANSAC inliers do not count as verified
-    estimator: str = "best"  # best, weighted-mean or cluster (query.position)
+    estimator: str = AUTO  # auto, calibrated, or best / weighted-mean / cluster (query.position)
     geometry: str = "fundamental"  # or "homography"
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -105,10 +124,35 @@ class Localizer:
                 raise DatabaseError(
                     f"FAISS holds {self.index.count} vectors for {len(self.images)} images: run `glueloc audit`"
                 )
+            self.calibration = self._calibration(state.codebook_id)
             self.extractor = load_recorded_extractor(state.extractor, state.extractor_version, state.extractor_config)
             self.matcher = load_matcher(state.matcher, state.matcher_config)
             return
         raise DatabaseError("the FAISS index kept changing while opening; try again")
+
+    def _calibration(self, codebook_id: int) -> CalibrationInUse | None:
+        with self.db.session() as session:
+            row = session.scalars(select(Calibration).where(Calibration.codebook_id == codebook_id)
+                                  .order_by(Calibration.id.desc()).limit(1)).one_or_none()
+        if row is None:
+            if self.options.estimator == CALIBRATED:
+                raise DatabaseError(f"database {self.db.layout.root} has no calibration of its current codebook: "
+                                    "run `glueloc calibrate`")
+            if self.options.estimator == AUTO:
+                logger.info("database not calibrated: ranking candidates by inliers alone (run `glueloc calibrate`)")
+            return None
+        try:
+            model = RerankModel.from_json(row.model)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatabaseError(f"calibration {row.id} cannot be used ({exc}): run `glueloc calibrate` again") from exc
+        return CalibrationInUse(row.id, model, str(row.options["rule"]), float(row.options["sharpness"]),
+                                int(row.options["k"]))
+
+    @property
+    def k(self) -> int:
+        if self.options.k is not None:
+            return self.options.k
+        return self.calibration.k if self.calibration is not None else 10
 
     def locate(self, path: Path) -> Location:
         timings: dict[str, float] = {}
@@ -116,27 +160,25 @@ class Localizer:
         image = load_image(path, self.options.max_pixels)
         features = self.extractor.extract(image.rgb)
         timings["extract"] = time.perf_counter() - clock
+        return self.locate_features(path.name, features, timings)
 
+    def locate_features(self, name: str, features: Features, timings: dict[str, float] | None = None,
+                        exclude: tuple[float, float] | None = None) -> Location:
+        """The query path after extraction; ``exclude`` leaves out every database image at
+        that position (how ``glueloc calibrate`` holds a capture point out)."""
+        timings = {} if timings is None else timings
         clock = time.perf_counter()
-        vector = self.codebook.aggregate(features.descriptors)
-        positions = self.positions if self.options.collapse else None
-        candidates: list[Candidate] = retrieve(self.index, vector, self.options.k, positions)
+        candidates = self.shortlist(self.codebook.aggregate(features.descriptors), exclude)
         timings["retrieve"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        db_images = [self.images[c.image_id] for c in candidates]
-        checks = verify_candidates(features, [self.reader.features(i.shard, i.name) for i in db_images],
-                                   self.matcher, self.options.geometry)
-        neighbours = [
-            Neighbour(i.id, i.name, i.x, i.y, c.similarity, check.matches, check.inliers, round(check.inlier_ratio, 3))
-            for i, c, check in zip(db_images, candidates, checks)
-        ]
+        neighbours = self.verify(features, candidates)
         timings["verify"] = time.perf_counter() - clock
 
-        answer: Estimate | None = estimate(neighbours, self.options.estimator, self.options.min_inliers)
+        answer, neighbours = self.decide(neighbours)
         timings["total"] = sum(timings.values())
         return Location(
-            query=path.name,
+            query=name,
             x=None if answer is None else answer.x,
             y=None if answer is None else answer.y,
             confidence=0.0 if answer is None else answer.confidence,
@@ -145,8 +187,58 @@ class Localizer:
             candidates=[(self.images[c.image_id].name, round(c.similarity, 4)) for c in candidates],
             neighbours=neighbours,
             used=[] if answer is None else answer.used,
+            ranked_by=self.ranked_by,
             seconds={k: round(v, 4) for k, v in timings.items()},
         )
+
+    def shortlist(self, vector: np.ndarray, exclude: tuple[float, float] | None = None) -> list[Candidate]:
+        positions = self.positions if self.options.collapse else None
+        if exclude is None:
+            return retrieve(self.index, vector, self.k, positions)
+        # Fetch past the excluded capture point's views, then drop them.
+        kept = [c for c in retrieve(self.index, vector, self.k + 16, positions) if self.positions[c.image_id] != exclude]
+        return kept[:self.k]
+
+    def verify(self, features: Features, candidates: list[Candidate]) -> list[Neighbour]:
+        db_images = [self.images[c.image_id] for c in candidates]
+        checks = verify_candidates(features, [self.reader.features(i.shard, i.name) for i in db_images],
+                                   self.matcher, self.options.geometry)
+        return [
+            Neighbour(i.id, i.name, i.x, i.y, c.similarity, check.matches, check.inliers, round(check.inlier_ratio, 3))
+            for i, c, check in zip(db_images, candidates, checks)
+        ]
+
+    @property
+    def ranked_by(self) -> str:
+        if self._uses_calibration:
+            c = self.calibration
+            return f"calibration {c.id} (rule {c.rule}, p^{c.sharpness:g})"
+        if self.options.estimator == AUTO:
+            return "estimator best (database not calibrated)"
+        return f"estimator {self.options.estimator}"
+
+    @property
+    def _uses_calibration(self) -> bool:
+        return self.calibration is not None and self.options.estimator in (AUTO, CALIBRATED)
+
+    @property
+    def _estimator(self) -> str:
+        """The uncalibrated estimator in use (``auto`` without a calibration means ``best``)."""
+        return "best" if self.options.estimator == AUTO else self.options.estimator
+
+    def decide(self, neighbours: list[Neighbour]) -> tuple[Estimate | None, list[Neighbour]]:
+        """Verified neighbours -> position, by the calibration or by the chosen estimator.
+
+        Also returns the neighbours, carrying their calibrated probabilities when there are some.
+        """
+        if not self._uses_calibration:
+            return estimate(neighbours, self._estimator, self.options.min_inliers), neighbours
+        calibration = self.calibration
+        probabilities = calibration.model.probabilities(neighbours)
+        neighbours = [replace(n, probability=round(float(p), 4)) for n, p in zip(neighbours, probabilities)]
+        answer = estimate_ranked(neighbours, probabilities, calibration.rule, calibration.sharpness,
+                                 calibration.model.radius, self.options.min_inliers)
+        return answer, neighbours
 
     def match_picture(self, path: Path, neighbour: Neighbour) -> np.ndarray:
         """The query and one neighbour side by side with their matches (for ``query --viz``)."""

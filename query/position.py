@@ -18,7 +18,8 @@ is the best retrieval candidate, flagged unverified with confidence 0. ``confide
 grows with the winning evidence and shrinks with the share of verified inliers that
 point elsewhere; ``uncertainty`` is the inlier-weighted spread (mean |dx| + |dy|) of the
 verified neighbours that agree with the estimate — a description of the evidence, not a
-calibrated error bound (calibration is the re-ranking issue's work).
+calibrated error bound. A calibrated database (``glueloc calibrate``) answers through
+:func:`estimate_ranked` instead, whose confidence is a fitted probability.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 ESTIMATORS = ("best", "weighted-mean", "cluster")
+#: Rules that turn a calibrated model's probabilities into a position (query.calibrate picks one).
+RANKED_RULES = ("inliers", "copy", "mean", "median")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Neighbour:
     matches: int
     inliers: int
     inlier_ratio: float
+    probability: float | None = None  # of lying within the near radius, when the database is calibrated
 
 
 @dataclass(frozen=True)
@@ -94,3 +98,52 @@ def estimate(neighbours: list[Neighbour], method: str = "best", min_inliers: int
     strength = support / (support + 2.0 * min_inliers)
     confidence = strength * support / total
     return Estimate(x, y, round(confidence, 3), round(spread, 3), True, used)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The smallest value at which the cumulative weight reaches half the total."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2.0)])
+
+
+def estimate_ranked(neighbours: list[Neighbour], probabilities: np.ndarray, rule: str = "copy",
+                    sharpness: float = 1.0, radius: float = 5.0, min_inliers: int = 15) -> Estimate | None:
+    """A position from calibrated per-candidate probabilities (query.rerank).
+
+    * ``inliers`` — the position of the candidate with the most inliers (the uncalibrated
+      rule), with the model's probability as its confidence.
+    * ``copy`` — the position of the most probable candidate.
+    * ``mean`` — the ``p ** sharpness``-weighted mean of the candidates within ``radius`` of
+      the most probable one: a position *between* neighbouring capture points when several
+      of them verify, instead of the nearest photo's.
+    * ``median`` — the coordinate-wise weighted median of the candidates' positions,
+      weights ``p ** sharpness``. The error metric is |dx| + |dy|, and the weighted median
+      minimises its expectation when the weights are where the query could be: when two
+      places are about equally likely, the answer hedges between them instead of betting.
+
+    ``confidence`` is the chosen (for ``median``: the most probable) candidate's probability
+    of lying within ``radius`` of the query, which is what the model was fitted to
+    predict; ``uncertainty`` the
+    probability-weighted mean distance of the candidates from the estimate.
+    """
+    if rule not in RANKED_RULES:
+        raise ValueError(f"unknown rule {rule!r} ({', '.join(RANKED_RULES)})")
+    if not neighbours:
+        return None
+    p = np.asarray(probabilities, float)
+    best = int(np.argmax([n.inliers for n in neighbours])) if rule == "inliers" else int(np.argmax(p))
+    xy = np.array([(n.x, n.y) for n in neighbours], float)
+    if rule in ("inliers", "copy"):
+        x, y = neighbours[best].x, neighbours[best].y
+    elif rule == "mean":
+        w = p ** sharpness * (np.abs(xy - xy[best]).sum(1) <= radius)
+        x, y = (w[:, None] * xy).sum(0) / w.sum() if w.sum() > 0 else xy[best]
+    else:
+        w = p ** sharpness
+        x, y = weighted_median(xy[:, 0], w), weighted_median(xy[:, 1], w)
+    distance = np.array([_l1(n, x, y) for n in neighbours])
+    uncertainty = float((p * distance).sum() / max(p.sum(), 1e-12))
+    used = [neighbours[i] for i in np.argsort(-p, kind="stable") if distance[i] <= radius] or [neighbours[best]]
+    verified = neighbours[best].inliers >= min_inliers
+    return Estimate(float(x), float(y), round(float(p[best]), 3), round(uncertainty, 3), verified, used)

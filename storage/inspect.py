@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from glueloc.errors import GluelocError
 from storage.database import Database
 from storage.features import FeatureReader
-from storage.models import Codebook, CoordinateChange, FeatureShard, Image, IndexRun, VectorShard
+from storage.models import Calibration, Codebook, CoordinateChange, FeatureShard, Image, IndexRun, VectorShard
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,21 @@ def _codebook_dict(session: Session, codebook_id: int | None) -> dict[str, Any] 
             "created_at": row.created_at.isoformat(timespec="seconds"), "file": row.filename}
 
 
+def _calibration_dict(session: Session, codebook_id: int | None) -> dict[str, Any] | None:
+    """The calibration queries use now: the newest one of the current codebook."""
+    if codebook_id is None:
+        return None
+    row = session.scalars(select(Calibration).where(Calibration.codebook_id == codebook_id)
+                          .order_by(Calibration.id.desc()).limit(1)).one_or_none()
+    if row is None:
+        return None
+    rule = row.options.get("rule_name")
+    return {"id": row.id, "created_at": row.created_at.isoformat(timespec="seconds"), "rule": rule,
+            "k": row.options.get("k"), "held_out": row.held_out, "images_then": row.images,
+            "near_radius": row.metrics.get("radius"),
+            "cross_validated": row.metrics.get("variants", {}).get(row.options.get("variant"))}
+
+
 def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:
     with db.session() as session:
         state = db.state(session)
@@ -60,6 +75,8 @@ def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:
                                                              "codebook": _codebook_dict(session, state.codebook_id)},
             "codebooks_trained": session.scalar(select(func.count()).select_from(Codebook)),
             "faiss": None if state is None else {"file": state.faiss_file, "vectors": state.faiss_count},
+            "calibration": None if state is None else _calibration_dict(session, state.codebook_id),
+            "calibrations_fitted": session.scalar(select(func.count()).select_from(Calibration)),
             "runs": [_run_dict(r) for r in runs],
         }
 

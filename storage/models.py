@@ -135,6 +135,28 @@ class VectorShard(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class Calibration(Base):
+    """A re-ranking model fitted on the database's own held-out capture points (``glueloc calibrate``).
+
+    Its inputs include retrieval similarities, which mean something only for the codebook
+    that produced them: a query uses the newest calibration of the current codebook, and
+    none after a retrain until ``glueloc calibrate`` runs again.
+    """
+
+    __tablename__ = "calibrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # "rerank:1"
+    model: Mapped[dict] = mapped_column(JSON)  # query.rerank.RerankModel.to_json()
+    options: Mapped[dict] = mapped_column(JSON)  # how the held-out sample was drawn and queried
+    metrics: Mapped[dict] = mapped_column(JSON)  # cross-validated error on the held-out places
+    held_out: Mapped[int]  # held-out database images (one per sampled capture point)
+    images: Mapped[int]  # database images when it was fitted
+    codebook_id: Mapped[int] = mapped_column(ForeignKey("codebooks.id"), index=True)
+    glueloc_version: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class CoordinateChange(Base):
     """A coordinate of an existing image changed on request: never silent, always recorded."""
 

@@ -105,12 +105,12 @@ def test_query_of_a_corrupt_image_is_one_line(indexed: Path, tmp_path: Path) -> 
 
 def test_query_estimators_and_unknown_one(indexed: Path, scene: SyntheticDataset) -> None:
     query = str(sorted(scene.queries_dir.glob("*.jpg"))[0])
-    for method in ("best", "weighted-mean", "cluster"):
+    for method in ("auto", "best", "weighted-mean", "cluster"):
         result = invoke("query", query, "--db", indexed, "--estimator", method, "--json")
         answer = json.loads(result.output)
         assert result.exit_code == 0 and answer["uncertainty"] is not None and 0 <= answer["confidence"] <= 1
     result = invoke("query", query, "--db", indexed, "--estimator", "median")
-    assert result.exit_code == 2 and result.output.strip() == "error: unknown estimator 'median' (best, weighted-mean, cluster)"
+    assert result.exit_code == 2 and result.output.strip() == "error: unknown estimator 'median' (auto, calibrated, best, weighted-mean, cluster)"
 
 
 def test_query_refuses_bad_databases_and_images_in_one_line(indexed: Path, scene: SyntheticDataset,

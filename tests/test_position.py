@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from query.position import Neighbour, estimate
+from query.position import Neighbour, estimate, estimate_ranked, weighted_median
 
 
 def n(x: float, y: float, inliers: int, similarity: float = 0.5, name: str = "") -> Neighbour:
@@ -53,3 +54,40 @@ def test_more_agreeing_evidence_means_more_confidence() -> None:
 def test_unknown_estimator() -> None:
     with pytest.raises(ValueError, match="unknown estimator"):
         estimate(AGREEING, "median")
+
+
+def test_weighted_median_is_the_half_weight_point() -> None:
+    values = np.array([0.0, 10.0, 20.0])
+    assert weighted_median(values, np.array([1.0, 1.0, 1.0])) == 10.0
+    assert weighted_median(values, np.array([5.0, 1.0, 1.0])) == 0.0
+    assert weighted_median(values, np.array([1.0, 1.0, 5.0])) == 20.0
+
+
+def test_ranked_rules_follow_the_probabilities_not_the_inliers() -> None:
+    neighbours = AGREEING + [OUTLIER]  # the outlier has the most inliers
+    probabilities = np.array([0.8, 0.7, 0.6, 0.3])
+    inliers = estimate_ranked(neighbours, probabilities, "inliers")
+    assert (inliers.x, inliers.y, inliers.confidence) == (60, -40, 0.3)
+    copy = estimate_ranked(neighbours, probabilities, "copy")
+    assert (copy.x, copy.y, copy.confidence) == (10, 10, 0.8)
+    assert OUTLIER not in copy.used and copy.used[0].name == "10,10"
+    mean = estimate_ranked(neighbours, probabilities, "mean", radius=5.0)
+    assert 10 < mean.x < 11 and 10 < mean.y < 12  # between the agreeing three, not pulled to the outlier
+    median = estimate_ranked(neighbours, probabilities, "median")
+    assert 10 <= median.x <= 11 and 10 <= median.y <= 12
+
+
+def test_median_hedges_between_two_equally_likely_places() -> None:
+    a, b, c = n(0, 0, 50), n(10, 0, 50), n(20, 0, 50)
+    # Under |dx| + |dy| the middle candidate is the best bet when the ends are as likely as it.
+    hedge = estimate_ranked([a, b, c], np.array([0.5, 0.3, 0.5]), "median")
+    assert (hedge.x, hedge.y) == (10, 0)
+    assert estimate_ranked([a, b, c], np.array([0.5, 0.3, 0.5]), "copy").x == 0
+    # Sharper weights let the clear favourite win.
+    assert estimate_ranked([a, b, c], np.array([0.9, 0.3, 0.2]), "median", sharpness=2.0).x == 0
+
+
+def test_ranked_rules_refuse_unknown_rules_and_answer_nothing_for_no_neighbours() -> None:
+    assert estimate_ranked([], np.zeros(0)) is None
+    with pytest.raises(ValueError, match="unknown rule"):
+        estimate_ranked(AGREEING, np.ones(3), "vote")

@@ -1,0 +1,124 @@
+"""glueloc calibrate: leave-one-place-out on the database, stored, and used by queries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from glueloc.cli import app
+from glueloc.errors import GluelocError
+from glueloc.synthetic import SyntheticDataset, write_dataset
+from query.calibrate import CalibrationOptions, calibrate, near_radius, variant
+from query.localizer import Localizer, QueryOptions
+from storage.layout import Layout
+from storage.models import Calibration
+from tests.helpers import run_index, tree_digest
+
+OPTIONS = CalibrationOptions(places=14, shortlists=(3, 4), seed=0)
+
+
+@pytest.fixture(scope="module")
+def wide_scene(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    """14 capture points x 2 views: enough places to hold out and cross-validate."""
+    return write_dataset(tmp_path_factory.mktemp("wide"), n_places=14, views_per_place=2, n_queries=3, seed=2)
+
+
+@pytest.fixture(scope="module")
+def wide_index(tmp_path_factory: pytest.TempPathFactory, wide_scene: SyntheticDataset) -> Path:
+    db = tmp_path_factory.mktemp("wide-db") / "db"
+    run_index(db, wide_scene.labels_csv, wide_scene.images_dir)
+    return db
+
+
+@pytest.fixture()
+def wide_db(tmp_path: Path, wide_index: Path) -> Path:
+    shutil.copytree(wide_index, tmp_path / "db")
+    return tmp_path / "db"
+
+
+def first_query(scene: SyntheticDataset) -> Path:
+    return sorted(scene.queries_dir.glob("*.jpg"))[0]
+
+
+def calibrations(db: Path) -> int:
+    with Localizer(Layout.at(db), QueryOptions(estimator="best")) as localizer, localizer.db.session() as session:
+        return session.scalar(select(func.count()).select_from(Calibration))
+
+
+def test_near_radius_is_the_90th_percentile_of_neighbour_spacing() -> None:
+    grid = np.array([(x, y) for x in range(0, 10, 2) for y in range(0, 10, 2)], float)
+    assert near_radius(np.repeat(grid, 3, axis=0)) == 2.0  # views sharing a point do not count
+    with pytest.raises(GluelocError, match="two capture points"):
+        near_radius(np.zeros((4, 2)))
+
+
+def test_calibration_holds_out_places_fits_and_is_used_by_queries(wide_db: Path, wide_scene: SyntheticDataset) -> None:
+    with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
+        result = calibrate(localizer, OPTIONS)
+        positions = set(localizer.positions.values())
+    assert result.held_out == 14 and result.calibration_id == 1
+    for sample in result.samples:
+        # the held-out place itself never appears among its candidates
+        assert all((nb.x, nb.y) != (sample.x, sample.y) for nb in sample.neighbours)
+        assert len(sample.neighbours) == OPTIONS.k_max and (sample.x, sample.y) in positions
+    rules = {"inliers", "copy", "mean-p1", "median-p1", "median-p2", "median-p4"}
+    assert set(result.metrics) == {variant(r, k) for r in rules for k in (3, 4)}
+    assert variant(result.rule, result.k) == min(result.metrics, key=lambda r: result.metrics[r]["mae"])
+
+    with Localizer(Layout.at(wide_db)) as localizer:  # the default estimator: auto
+        assert localizer.calibration is not None and localizer.k == result.k  # the calibrated shortlist
+        location = localizer.locate(first_query(wide_scene))
+    probabilities = [nb.probability for nb in location.neighbours]
+    assert all(p is not None and 0 <= p <= 1 for p in probabilities)
+    assert len(location.neighbours) == result.k
+    if result.rule == "copy":
+        assert location.confidence == pytest.approx(max(probabilities), abs=1e-3)
+
+
+def test_uncalibrated_database_ranks_by_inliers_and_calibrated_estimator_is_refused(indexed: Path, scene) -> None:
+    with Localizer(Layout.at(indexed)) as localizer:
+        assert localizer.calibration is None and localizer.k == 10
+        location = localizer.locate(first_query(scene))
+    assert all(nb.probability is None for nb in location.neighbours)
+    with pytest.raises(GluelocError, match="no calibration of its current codebook"):
+        Localizer(Layout.at(indexed), QueryOptions(estimator="calibrated"))
+
+
+def test_too_few_places_is_a_clear_error_and_writes_nothing(indexed: Path) -> None:
+    before = tree_digest(indexed)
+    result = CliRunner().invoke(app, ["calibrate", "--db", str(indexed), "--no-progress", "--k", "4"])
+    assert result.exit_code != 0
+    assert "calibration needs at least 10 capture points; the database has 8" in result.output
+    assert tree_digest(indexed) == before
+
+
+def test_interrupted_calibration_leaves_no_row(wide_db: Path) -> None:
+    def interrupt(done: int, total: int) -> None:
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
+        with pytest.raises(KeyboardInterrupt):
+            calibrate(localizer, OPTIONS, progress=interrupt)
+    assert calibrations(wide_db) == 0
+
+
+def test_cli_calibrates_and_a_retrained_codebook_needs_a_new_calibration(wide_db: Path, wide_scene) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["calibrate", "--db", str(wide_db), "--places", "14", "--k", "3", "--k", "4",
+                                "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "14 places held out" in result.output and "cross-validated on held-out places" in result.output
+    shown = json.loads(runner.invoke(app, ["inspect", "--db", str(wide_db), "--json"]).output)
+    assert shown["calibration"]["id"] == 1 and shown["calibration"]["held_out"] == 14
+    assert shown["calibration"]["k"] in (3, 4) and shown["calibration"]["cross_validated"]["mae"] >= 0
+    assert runner.invoke(app, ["reindex", "--db", str(wide_db), "--retrain"]).exit_code == 0
+    with Localizer(Layout.at(wide_db)) as localizer:
+        assert localizer.calibration is None  # its similarities came from the old codebook
+    assert calibrations(wide_db) == 1  # kept for the audit trail
