@@ -195,8 +195,9 @@ class Localizer:
         positions = self.positions if self.options.collapse else None
         if exclude is None:
             return retrieve(self.index, vector, self.k, positions)
-        # Fetch past the excluded capture point's views, then drop them.
-        kept = [c for c in retrieve(self.index, vector, self.k + 16, positions) if self.positions[c.image_id] != exclude]
+        # Fetch past every view of the excluded capture point, then drop them.
+        views = sum(1 for where in self.positions.values() if where == exclude)
+        kept = [c for c in retrieve(self.index, vector, self.k + views, positions) if self.positions[c.image_id] != exclude]
         return kept[:self.k]
 
     def verify(self, features: Features, candidates: list[Candidate]) -> list[Neighbour]:
