@@ -140,13 +140,17 @@ def _errors(samples: Sequence[HeldOut], probabilities: Sequence[np.ndarray], rul
     return np.array(errors), np.array(confidences)
 
 
-def _design(samples: Sequence[HeldOut], radius: float, min_inliers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    features, labels = [], []
+def _labels(samples: Sequence[HeldOut], radius: float) -> list[np.ndarray]:
+    """Per sample, which candidates lie within ``radius`` of the held-out view: the model's target."""
+    labels = []
     for s in samples:
-        features.append(candidate_features(s.neighbours, radius, min_inliers))
         xy = np.array([(n.x, n.y) for n in s.neighbours], float).reshape(-1, 2)
         labels.append(np.abs(xy - (s.x, s.y)).sum(1) <= radius)
-    return features, labels
+    return labels
+
+
+def _design(samples: Sequence[HeldOut], radius: float, min_inliers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    return [candidate_features(s.neighbours, radius, min_inliers) for s in samples], _labels(samples, radius)
 
 
 def variant(rule_name: str, k: int) -> str:
@@ -178,7 +182,7 @@ def fit(samples: Sequence[HeldOut], radius: float, options: CalibrationOptions, 
     samples = [s for s in samples if s.neighbours]
     if len(samples) < MIN_PLACES:
         raise GluelocError(f"only {len(samples)} held-out places got any candidate; calibration needs {MIN_PLACES}")
-    everything = np.concatenate(_design(samples, radius, min_inliers)[1])
+    everything = np.concatenate(_labels(samples, radius))
     if everything.all() or not everything.any():
         raise GluelocError("every held-out candidate was on the same side of the near radius: nothing to calibrate")
     metrics: dict[str, dict[str, float | int]] = {}
