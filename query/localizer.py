@@ -108,6 +108,7 @@ class Localizer:
                 if state.codebook_id is None:
                     raise DatabaseError(f"database {self.db.layout.root} has no trained codebook: run `glueloc reindex --retrain`")
                 codebook_row = session.get(Codebook, state.codebook_id)
+                calibration_row = self.db.calibration(session, state.codebook_id)
                 rows = session.execute(
                     select(Image.id, Image.name, Image.x, Image.y, FeatureShard.filename, IndexRun.images_dir)
                     .join(FeatureShard, Image.shard_id == FeatureShard.id).join(IndexRun, Image.run_id == IndexRun.id)
@@ -124,16 +125,14 @@ class Localizer:
                 raise DatabaseError(
                     f"FAISS holds {self.index.count} vectors for {len(self.images)} images: run `glueloc audit`"
                 )
-            self.calibration = self._calibration(state.codebook_id)
+            self.calibration = self._calibration(calibration_row)
             self.extractor = load_recorded_extractor(state.extractor, state.extractor_version, state.extractor_config)
             self.matcher = load_matcher(state.matcher, state.matcher_config)
             return
         raise DatabaseError("the FAISS index kept changing while opening; try again")
 
-    def _calibration(self, codebook_id: int) -> CalibrationInUse | None:
-        with self.db.session() as session:
-            row = session.scalars(select(Calibration).where(Calibration.codebook_id == codebook_id)
-                                  .order_by(Calibration.id.desc()).limit(1)).one_or_none()
+    def _calibration(self, row: Calibration | None) -> CalibrationInUse | None:
+        """What the snapshot's calibration row means for this localizer's options."""
         if row is None:
             if self.options.estimator == CALIBRATED:
                 raise DatabaseError(f"database {self.db.layout.root} has no calibration of its current codebook: "

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from glueloc.errors import DatabaseError
 from storage.layout import Layout
-from storage.models import StoreState
+from storage.models import Calibration, StoreState
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,11 @@ class Database:
 
     def state(self, session: Session) -> StoreState | None:
         return session.scalars(select(StoreState).where(StoreState.id == 1)).one_or_none()
+
+    def calibration(self, session: Session, codebook_id: int) -> Calibration | None:
+        """The calibration queries use: the newest one fitted with ``codebook_id``."""
+        return session.scalars(select(Calibration).where(Calibration.codebook_id == codebook_id)
+                               .order_by(Calibration.id.desc()).limit(1)).one_or_none()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -37,12 +37,9 @@ def _codebook_dict(session: Session, codebook_id: int | None) -> dict[str, Any] 
             "created_at": row.created_at.isoformat(timespec="seconds"), "file": row.filename}
 
 
-def _calibration_dict(session: Session, codebook_id: int | None) -> dict[str, Any] | None:
+def _calibration_dict(db: Database, session: Session, codebook_id: int | None) -> dict[str, Any] | None:
     """The calibration queries use now: the newest one of the current codebook."""
-    if codebook_id is None:
-        return None
-    row = session.scalars(select(Calibration).where(Calibration.codebook_id == codebook_id)
-                          .order_by(Calibration.id.desc()).limit(1)).one_or_none()
+    row = None if codebook_id is None else db.calibration(session, codebook_id)
     if row is None:
         return None
     rule = row.options.get("rule_name")
@@ -75,7 +72,7 @@ def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:
                                                              "codebook": _codebook_dict(session, state.codebook_id)},
             "codebooks_trained": session.scalar(select(func.count()).select_from(Codebook)),
             "faiss": None if state is None else {"file": state.faiss_file, "vectors": state.faiss_count},
-            "calibration": None if state is None else _calibration_dict(session, state.codebook_id),
+            "calibration": None if state is None else _calibration_dict(db, session, state.codebook_id),
             "calibrations_fitted": session.scalar(select(func.count()).select_from(Calibration)),
             "runs": [_run_dict(r) for r in runs],
         }
