@@ -26,7 +26,7 @@ from query.position import ESTIMATORS, Neighbour, estimate  # noqa: E402
 
 def records_neighbours(record: dict, where: dict[str, tuple[float, float]]) -> list[Neighbour]:
     """The verified neighbours of one evaluated query, as the estimators take them."""
-    similarity = dict((name, s) for name, s in record["shortlist"])
+    similarity = dict((name, s) for name, s, *_ in record["shortlist"])
     # entries are [name, inliers] or, from a calibrated database, [name, inliers, probability]
     return [Neighbour(0, entry[0], *where[entry[0]], similarity.get(entry[0], 0.0), 0, int(entry[1]), 0.0)
             for entry in record["neighbours"]]

@@ -2,10 +2,12 @@
 
 Rows: (a) the seed method (``bench/seed.py``: exhaustive matching, copy the image with
 the most matches) on its fixed 10-query sample; (b) retrieval only (the position of the
-FAISS top-1); (c) glueloc's default query; (d) glueloc on a SIFT database — (a)–(c) on
-the sample, (b)–(d) on every dev query. (b) and (c) come from one ``glueloc evaluate
---json`` run on the default database (the shortlist it saves is the retrieval answer;
-its seconds are the extract + retrieve stages), (d) from an evaluate run on a SIFT one:
+VLAD top-1, which the fused shortlist lists first); (c) glueloc's default query; (d)
+glueloc on a SIFT database — (a)–(c) on the sample, (b)–(d) on every dev query. (b) and
+(c) come from one ``glueloc evaluate --json`` run on the default database (the shortlist
+it saves is the retrieval answer; its seconds are the extract + retrieve stages), (d)
+from an evaluate run on a SIFT one (without ``--seed``, name the sample with ``--sample``
+and row (a) is left out):
 
     python bench/seed.py DB query.csv --images query/ --out seed/        # hours; resumable
     glueloc evaluate query.csv --images query/ --db DB --json default.json
@@ -36,7 +38,7 @@ def analysis(records: dict, where: dict[str, tuple[float, float]]) -> None:
     rows = []
     for record in records.values():
         truth = np.array(record["true"])
-        shortlist = [abs(where[name][0] - truth[0]) + abs(where[name][1] - truth[1]) for name, _ in record["shortlist"]]
+        shortlist = [abs(where[name][0] - truth[0]) + abs(where[name][1] - truth[1]) for name, *_ in record["shortlist"]]
         nearest = float(np.abs(places - truth).sum(1).min())
         rows.append((record["error"], min(shortlist), nearest))
     error, best, nearest = (np.array(column) for column in zip(*rows))
@@ -56,17 +58,21 @@ def analysis(records: dict, where: dict[str, tuple[float, float]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=Path, required=True, help="bench/seed.py's output folder")
+    parser.add_argument("--seed", type=Path, help="bench/seed.py's output folder (without it, row (a) is not printed)")
+    parser.add_argument("--sample", nargs="+", help="the sample's query names, when --seed is not given")
     parser.add_argument("--default", type=Path, required=True, help="evaluate --json of the default database")
     parser.add_argument("--sift", type=Path, required=True, help="evaluate --json of a SIFT database")
     parser.add_argument("--labels", type=Path, required=True, help="the database's labels CSV (name,x,y)")
     args = parser.parse_args()
     with open(args.labels, newline="", encoding="utf-8-sig") as handle:
         where = {r["name"]: (float(r["x"]), float(r["y"])) for r in csv.DictReader(handle)}
-    seed = {p.name.removesuffix(".json"): json.loads(p.read_text()) for p in sorted(args.seed.glob("*.json"))}
+    seed = {p.name.removesuffix(".json"): json.loads(p.read_text()) for p in sorted(args.seed.glob("*.json"))} \
+        if args.seed else {}
     default = {r["name"]: r for r in json.loads(args.default.read_text())["queries"] if "true" in r}
     sift = {r["name"]: r for r in json.loads(args.sift.read_text())["queries"] if "true" in r}
-    sample = sorted(seed)
+    sample = sorted(seed) if seed else sorted(args.sample or [])
+    if not sample:
+        parser.error("give --seed, or the sample's names with --sample")
 
     def error(record: dict, x: float, y: float) -> float:
         return abs(x - record["true"][0]) + abs(y - record["true"][1])
@@ -93,11 +99,12 @@ def main() -> None:
     print(f"sample ({len(sample)} queries): {', '.join(sample)}")
     print("| method | queries | MAE | median | within 2 | > 20 units | median s/query |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| (a) seed: match all {len(where)} db images, copy most matches (sample) | {seed_row(sample)} |")
-    print(f"| (b) retrieval only, top-1 (sample) | {retrieval_row(default, sample)} |")
+    if seed:
+        print(f"| (a) seed: match all {len(where)} db images, copy most matches (sample) | {seed_row(sample)} |")
+    print(f"| (b) retrieval only, VLAD top-1 (sample) | {retrieval_row(default, sample)} |")
     print(f"| (c) glueloc default (sample) | {glueloc_row(default, sample)} |")
     print(f"| (d) glueloc with SIFT (sample) | {glueloc_row(sift, sample)} |")
-    print(f"| (b) retrieval only, top-1 (all) | {retrieval_row(default, everything)} |")
+    print(f"| (b) retrieval only, VLAD top-1 (all) | {retrieval_row(default, everything)} |")
     print(f"| (c) glueloc default (all) | {glueloc_row(default, everything)} |")
     print(f"| (d) glueloc with SIFT (all) | {glueloc_row(sift, sorted(sift))} |")
 

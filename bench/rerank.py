@@ -34,6 +34,7 @@ from query.calibrate import RULES  # noqa: E402
 from query.evaluate import confidence_metrics, error_metrics  # noqa: E402
 from query.localizer import Localizer, QueryOptions  # noqa: E402
 from query.position import Neighbour, estimate, estimate_ranked  # noqa: E402
+from query.retrieval import RETRIEVALS  # noqa: E402
 from query.verify import verify_pair  # noqa: E402
 from storage.layout import Layout  # noqa: E402
 
@@ -50,17 +51,17 @@ def timed_check(loc: Localizer, features: Features, image_id: int, similarity: f
             "seconds": time.perf_counter() - clock}
 
 
-def collect(db: Path, data: Path, k_max: int) -> list[dict]:
+def collect(db: Path, data: Path, k_max: int, retrieval: str) -> list[dict]:
     """Per query: true position, stage seconds, and the top ``k_max`` candidates verified."""
     rows = read_labels(data / "query.csv", data / "query")
     out = []
-    with Localizer(Layout.at(db), QueryOptions(k=k_max, estimator="best")) as loc:
+    with Localizer(Layout.at(db), QueryOptions(k=k_max, estimator="best", retrieval=retrieval)) as loc:
         for n, row in enumerate(rows):
             clock = time.perf_counter()
             features = loc.extractor.extract(load_image(row.path).rgb)
             extract = time.perf_counter() - clock
             clock = time.perf_counter()
-            candidates = loc.shortlist(loc.codebook.aggregate(features.descriptors))
+            candidates = loc.shortlist(features)
             retrieve = time.perf_counter() - clock
             verified = [timed_check(loc, features, c.image_id, c.similarity) for c in candidates]
             out.append({"name": row.name, "true": [row.x, row.y], "extract": extract, "retrieve": retrieve,
@@ -194,6 +195,8 @@ def main() -> None:
     parser.add_argument("--db", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--k-max", type=int, default=20)
+    parser.add_argument("--retrieval", default="fused", choices=RETRIEVALS,
+                        help="How shortlists are drawn (query.retrieval); calibrated rows use its calibration.")
     parser.add_argument("--cache", type=Path, help="Evidence JSON: read if it exists, else written.")
     parser.add_argument("--json", type=Path, help="Write the table rows here.")
     parser.add_argument("--expand", action="store_true",
@@ -202,7 +205,7 @@ def main() -> None:
     if args.cache and args.cache.exists():
         evidence = json.loads(args.cache.read_text())
     else:
-        evidence = collect(args.db, args.data, args.k_max)
+        evidence = collect(args.db, args.data, args.k_max, args.retrieval)
     if args.expand and "expansion" not in evidence[0]:
         with Localizer(Layout.at(args.db)) as loc:
             radius = loc.calibration.model.radius if loc.calibration else 5.0
@@ -210,7 +213,7 @@ def main() -> None:
     if args.cache:
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         args.cache.write_text(json.dumps(evidence))
-    with Localizer(Layout.at(args.db)) as loc:
+    with Localizer(Layout.at(args.db), QueryOptions(retrieval=args.retrieval)) as loc:
         rows = variants(evidence, loc)
         calibration = loc.calibration
     print(f"{len(evidence)} dev queries; calibration: "

@@ -12,6 +12,9 @@ show another room: with ``--verify-near`` each query is matched (the database's 
 + RANSAC) against all its near db images, and the report counts the near images that
 do not verify and the queries none of whose near images verifies.
 
+The ``database-votes`` and ``database-fused`` rows rank by the database's descriptor
+votes (query.votes) alone and in turns with its VLAD ranking (the default shortlist).
+
     python bench/retrieval.py --db bench/out/getty-sift [--variants ...] [--verify-near]
 """
 
@@ -50,6 +53,8 @@ SOFT_2000 = {"assignment": "soft", "train_images": 2000}
 SOFT_ALL = {"assignment": "soft", "train_images": 5000}
 VARIANTS = {
     "database": None,  # the codebook and FAISS index the database itself holds (glueloc index/reindex)
+    "database-votes": None,  # the database's descriptor votes (query.votes), as queries draw them
+    "database-fused": None,  # its VLAD ranking and descriptor votes in turns: the default shortlist
     "random": None,
     "mean-descriptor": None,
     "vlad-k16-pca256": {"num_clusters": 16, "pca_dim": 256, **HARD_2000},
@@ -157,6 +162,8 @@ def main() -> None:
         clock = time.perf_counter()
         if variant == "database":
             results.append(evaluate_database(database, state, rows, q_feats, near5, near2, positions))
+        elif variant in ("database-votes", "database-fused"):
+            results.append(evaluate_votes(args.db, variant, q_feats, near5, near2))
         elif variant == "random":
             rng = np.random.default_rng(0)
             ranked = np.stack([rng.permutation(len(names))[: max(KS)] for _ in q_names])
@@ -214,6 +221,31 @@ def evaluate_database(database, state, rows, q_feats, near5, near2, positions) -
     name = f"database (codebook {codebook_row.id}: K={codebook.num_clusters}, {codebook.conf['assignment']}, dim {codebook.dim})"
     return Row(name, recall(ranked, near5, KS), recall(ranked, near2, KS), codebook.dim, ms,
                index.count * index.dim * 4 / 2**20, 0.0, None)
+
+
+def evaluate_votes(db: Path, variant: str, q_feats: list[Features], near5: list[set[int]],
+                   near2: list[set[int]]) -> Row:
+    """Rank by the database's descriptor votes, alone or in turns with its VLAD ranking,
+    through the Localizer's own code (the index it builds when it opens)."""
+    from query.localizer import Localizer, QueryOptions
+    from query.retrieval import interleave, retrieve
+    from query.votes import ranked as by_votes
+
+    with Localizer(Layout.at(db), QueryOptions(estimator="best", retrieval="votes")) as loc:
+        order = {image_id: i for i, image_id in enumerate(sorted(loc.images))}  # image ids -> row positions
+        assert loc.votes is not None
+        ranked = np.full((len(q_feats), max(KS)), -1)
+        clock = time.perf_counter()
+        for q, features in enumerate(q_feats):
+            ids = by_votes(loc.votes.count(features.descriptors))[:max(KS)]
+            if variant == "database-fused":
+                vlad = retrieve(loc.index, loc.codebook.aggregate(features.descriptors), max(KS))
+                ids = interleave([[c.image_id for c in vlad], ids], max(KS))
+            ranked[q, :len(ids)] = [order[i] for i in ids]
+        ms = 1000 * (time.perf_counter() - clock) / len(q_feats)
+        mb = loc.votes.index.ntotal * (loc.votes.dim * 2 + 8) / 2**20  # float16 codes + int64 ids
+        return Row(f"{variant} ({loc.votes.conf['neighbours']} neighbours, {loc.votes.conf['probes']} probes)",
+                   recall(ranked, near5, KS), recall(ranked, near2, KS), 0, ms, mb, 0.0, None)
 
 
 def select_ids():  # type: ignore[no-untyped-def]

@@ -37,6 +37,8 @@ DbOption = Annotated[Path, typer.Option("--db", envvar="GLUELOC_DB", help="Datab
 DEFAULT_DB = Path("glueloc-db")
 DEFAULT_PIPELINE = "xfeat+lighterglue"  # chosen by bench/matchers.py (README)
 F = TypeVar("F", bound=Callable[..., Any])
+RETRIEVAL_HELP = ("How the shortlist is drawn: fused (global vector and descriptor votes in turns), "
+                  "vlad (global vector only), votes (descriptor votes only).")
 ESTIMATOR_HELP = ("Position from verified neighbours: auto (the database's calibration if any, else best), "
                   "calibrated, best, weighted-mean, cluster.")
 
@@ -76,14 +78,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _query_options(k: int | None, collapse: bool, estimator: str) -> "QueryOptions":
+def _query_options(k: int | None, collapse: bool, estimator: str, retrieval: str) -> "QueryOptions":
     from query.localizer import AUTO, CALIBRATED, QueryOptions
     from query.position import ESTIMATORS
+    from query.retrieval import RETRIEVALS
 
     known = (AUTO, CALIBRATED, *ESTIMATORS)
     if estimator not in known:
         raise GluelocError(f"unknown estimator {estimator!r} ({', '.join(known)})")
-    return QueryOptions(k=k, collapse=collapse, estimator=estimator)
+    if retrieval not in RETRIEVALS:
+        raise GluelocError(f"unknown retrieval {retrieval!r} ({', '.join(RETRIEVALS)})")
+    return QueryOptions(k=k, collapse=collapse, estimator=estimator, retrieval=retrieval)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -267,6 +272,7 @@ def query(
     k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
+    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = "fused",
     viz: Annotated[Optional[Path], typer.Option(help="Write a PNG of the matches with the best neighbour.")] = None,
     map_png: Annotated[Optional[Path], typer.Option("--map", help="Write a PNG map: db positions, neighbours, estimate.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -279,7 +285,7 @@ def query(
     from glueloc.viz import draw_map, save_rgb
     from query.localizer import Localizer
 
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator)) as localizer:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval)) as localizer:
         result = localizer.locate(image)
         if viz is not None and result.neighbours:
             best = result.used[0] if result.used else max(result.neighbours, key=lambda n: n.inliers)
@@ -296,10 +302,11 @@ def query(
     status = "verified" if result.verified else "NOT verified (no candidate has enough inliers)"
     typer.echo(f"{result.query}: x={result.x:.3f} y={result.y:.3f} confidence={result.confidence:.2f} "
                f"uncertainty={result.uncertainty:.2f} ({status}; {result.ranked_by})")
+    votes = {name: count for name, _, count in result.candidates}
     for n in result.neighbours:
         mark = "*" if n in result.used else " "
         chance = "" if n.probability is None else f"  p(near) {n.probability:.2f}"
-        typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  "
+        typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  votes {votes[n.name]}  "
                    f"inliers {n.inliers}/{n.matches}{chance}")
     typer.echo("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.seconds.items()))
     for picture in (viz, map_png):
@@ -315,6 +322,7 @@ def calibrate(
     k: Annotated[Optional[list[int]], typer.Option(
         min=2, help="Shortlist lengths to compare (repeat the option) [default: 10 and 15].")] = None,
     seed: Annotated[int, typer.Option(help="Which places are held out.")] = 0,
+    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP + " Queries drawing it so use the fit.")] = "fused",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -324,7 +332,8 @@ def calibrate(
     from query.localizer import Localizer
 
     options = CalibrationOptions(places=places, seed=seed, **({"shortlists": tuple(sorted(set(k)))} if k else {}))
-    with Localizer(Layout.at(db), _query_options(options.k_max, False, "best")) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(options.k_max, False, "best", retrieval)) as localizer, \
+            _progress(progress) as bar:
         task = bar.add_task("holding out places", total=min(places, len(set(localizer.positions.values()))))
         result = run_calibration(localizer, options, progress=lambda done, total: bar.update(task, completed=done))
     summary = {"calibration": result.calibration_id, "held_out": result.held_out, "near_radius": round(result.radius, 3),
@@ -397,6 +406,7 @@ def evaluate(
     k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
+    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = "fused",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: error histogram and map of true vs predicted.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -410,7 +420,7 @@ def evaluate(
     from query.localizer import Localizer
 
     rows = read_labels(labels, images)
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval)) as localizer, _progress(progress) as bar:
         task = bar.add_task("querying", total=len(rows))
         result = run_evaluation(localizer, rows, progress=lambda n: bar.advance(task, n))
         db_xy = np.array([(i.x, i.y) for i in localizer.images.values()])
@@ -432,6 +442,7 @@ def predict(
     k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
+    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = "fused",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Locate every image in FOLDER into a CSV; run again to resume after an interruption."""
@@ -439,7 +450,7 @@ def predict(
     from query.predict import list_images, predict_folder
 
     total = len(list_images(folder))
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval)) as localizer, _progress(progress) as bar:
         task = bar.add_task("locating", total=total)
         summary = predict_folder(localizer, folder, output, progress=lambda n: bar.advance(task, n))
     for failure in summary.failures:
@@ -480,7 +491,7 @@ def demo(
 
     if places >= MIN_PLACES:
         options = CalibrationOptions(places=places)
-        with Localizer(layout, _query_options(options.k_max, False, "best")) as localizer:
+        with Localizer(layout, _query_options(options.k_max, False, "best", "fused")) as localizer:
             fitted = run_calibration(localizer, options)
         chosen, plain = variant(fitted.rule, fitted.k), variant("inliers", min(options.shortlists))
         typer.echo(f"calibrated on {fitted.held_out} held-out places: k {fitted.k}, rule {fitted.rule}, cross-validated "

@@ -1,6 +1,7 @@
 """Features -> candidates -> verified matches -> position.
 
-* ``retrieval`` — the FAISS shortlist for a query's global vector.
+* ``votes``     — which database images share most local descriptors with the query.
+* ``retrieval`` — the shortlist: the global vector's FAISS ranking and the votes, in turns.
 * ``verify``    — matcher + RANSAC inlier counts for each candidate.
 * ``position``  — the position estimate from verified neighbours.
 * ``localizer`` — the query path joined up (the Python API behind ``glueloc query``).

@@ -52,6 +52,7 @@ RULES: tuple[tuple[str, str, float], ...] = (
     ("median-p1", "median", 1.0),
     ("median-p2", "median", 2.0),
     ("median-p4", "median", 4.0),
+    ("inliers-mean-2", "inliers-mean", 2.0),
 )
 MIN_PLACES = 10  # fewer held-out places cannot both fit and cross-validate anything
 
@@ -218,6 +219,7 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
     calibration_id = None
     if write:
         row_options: dict[str, Any] = {"rule": rule, "sharpness": sharpness, "rule_name": chosen, "k": k,
+                                       "retrieval": localizer.options.retrieval,
                                        "variant": variant(chosen, k),
                                        "shortlists": list(options.shortlists),
                                        "places": options.places, "folds": options.folds, "seed": options.seed,

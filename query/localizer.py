@@ -3,6 +3,14 @@
 A Localizer takes one consistent snapshot of the database when it opens (the store
 state, the image rows and the FAISS file they name, read in one transaction), so a
 query running beside an index run answers only from images committed before it began.
+It also builds the descriptor-vote index of exactly those images then (query.votes;
+about 8 s for Getty's 4500 images on 2 cores, paid once per Localizer, so ``evaluate``
+and ``predict`` pay it once and a single ``glueloc query`` pays it every time —
+``--retrieval vlad`` skips it).
+
+The path of one query: extract -> shortlist (VLAD and descriptor votes in turns,
+query.retrieval) -> verify (matcher + RANSAC, query.verify) -> decide (the calibrated
+rule, or an uncalibrated estimator, query.position).
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ from glueloc.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.matchers import load_matcher
 from query.position import Estimate, Neighbour, estimate, estimate_ranked
 from query.rerank import RerankModel
-from query.retrieval import Candidate, retrieve
+from query.retrieval import FUSED, RETRIEVALS, VLAD, VOTES, Candidate, collapse_ranked, interleave, retrieve
+from query.votes import DescriptorVotes, ranked
 from query.verify import verify_candidates, verify_pair
-from storage.database import open_database
+from storage.database import calibration_retrieval, open_database
 from storage.features import FeatureReader
 from storage.layout import Layout
 from storage.globals import read_codebook
@@ -58,7 +67,7 @@ class Location:
     confidence: float
     uncertainty: float | None  # spread of the agreeing evidence, position units (query.position)
     verified: bool
-    candidates: list[tuple[str, float]]  # retrieved shortlist: (db name, similarity)
+    candidates: list[tuple[str, float, int]]  # retrieved shortlist: (db name, similarity, descriptor votes)
     neighbours: list[Neighbour]  # every candidate verified, with its inliers
     used: list[Neighbour]  # the neighbours the estimate rests on
     ranked_by: str = ""  # which rule chose: "calibration <id> (rule ...)" or the uncalibrated estimator
@@ -71,6 +80,7 @@ class CalibrationInUse:
 
     id: int
     model: RerankModel
+    retrieval: str  # the shortlist it was fitted on (query.retrieval.RETRIEVALS)
     rule: str  # query.position.RANKED_RULES
     sharpness: float
     k: int  # the shortlist length it was fitted with
@@ -88,6 +98,7 @@ class QueryOptions:
     collapse: bool = False  # keep one image per capture position in the shortlist
     min_inliers: int = 15  # fewer RANSAC inliers do not count as verified
     estimator: str = AUTO  # auto, calibrated, or best / weighted-mean / cluster (query.position)
+    retrieval: str = FUSED  # fused (VLAD and descriptor votes in turns), vlad or votes (query.retrieval)
     geometry: str = "fundamental"  # or "homography"
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -95,9 +106,17 @@ class QueryOptions:
 class Localizer:
     def __init__(self, layout: Layout, options: QueryOptions | None = None) -> None:
         self.options = options or QueryOptions()
+        if self.options.retrieval not in RETRIEVALS:
+            raise GluelocError(f"unknown retrieval {self.options.retrieval!r} ({', '.join(RETRIEVALS)})")
         self.db = open_database(layout)
         self._snapshot()
         self.reader = FeatureReader(layout.features_dir)
+        self.votes: DescriptorVotes | None = None
+        if self.options.retrieval != VLAD:
+            # Exactly the snapshot's images, read from their immutable shards (query.votes).
+            self.votes = DescriptorVotes.build(
+                self.reader, ((i.id, i.shard, i.name) for i in sorted(self.images.values(), key=lambda i: i.id)),
+                self.codebook.centroids)
 
     def _snapshot(self, attempts: int = 3) -> None:
         for _ in range(attempts):
@@ -108,7 +127,7 @@ class Localizer:
                 if state.codebook_id is None:
                     raise DatabaseError(f"database {self.db.layout.root} has no trained codebook: run `glueloc reindex --retrain`")
                 codebook_row = session.get(Codebook, state.codebook_id)
-                calibration_row = self.db.calibration(session, state.codebook_id)
+                calibration_row = self.db.calibration(session, state.codebook_id, self.options.retrieval)
                 rows = session.execute(
                     select(Image.id, Image.name, Image.x, Image.y, FeatureShard.filename, IndexRun.images_dir)
                     .join(FeatureShard, Image.shard_id == FeatureShard.id).join(IndexRun, Image.run_id == IndexRun.id)
@@ -144,8 +163,8 @@ class Localizer:
             model = RerankModel.from_json(row.model)
         except (KeyError, TypeError, ValueError) as exc:
             raise DatabaseError(f"calibration {row.id} cannot be used ({exc}): run `glueloc calibrate` again") from exc
-        return CalibrationInUse(row.id, model, str(row.options["rule"]), float(row.options["sharpness"]),
-                                int(row.options["k"]))
+        return CalibrationInUse(row.id, model, calibration_retrieval(row), str(row.options["rule"]),
+                                float(row.options["sharpness"]), int(row.options["k"]))
 
     @property
     def k(self) -> int:
@@ -166,9 +185,7 @@ class Localizer:
         """The query path after extraction; ``exclude`` leaves out every database image at
         that position (how ``glueloc calibrate`` holds a capture point out)."""
         timings = {} if timings is None else timings
-        clock = time.perf_counter()
-        candidates = self.shortlist(self.codebook.aggregate(features.descriptors), exclude)
-        timings["retrieve"] = time.perf_counter() - clock
+        candidates = self.shortlist(features, exclude, timings)
 
         clock = time.perf_counter()
         neighbours = self.verify(features, candidates)
@@ -183,20 +200,47 @@ class Localizer:
             confidence=0.0 if answer is None else answer.confidence,
             uncertainty=None if answer is None else answer.uncertainty,
             verified=bool(answer and answer.verified),
-            candidates=[(self.images[c.image_id].name, round(c.similarity, 4)) for c in candidates],
+            candidates=[(self.images[c.image_id].name, round(c.similarity, 4), c.votes) for c in candidates],
             neighbours=neighbours,
             used=[] if answer is None else answer.used,
             ranked_by=self.ranked_by,
             seconds={k: round(v, 4) for k, v in timings.items()},
         )
 
-    def shortlist(self, vector: np.ndarray, exclude: tuple[float, float] | None = None) -> list[Candidate]:
+    def shortlist(self, features: Features, exclude: tuple[float, float] | None = None,
+                  timings: dict[str, float] | None = None) -> list[Candidate]:
+        """The k candidates to verify, drawn as ``options.retrieval`` says (query.retrieval).
+
+        ``timings`` gets the seconds of the two rankings: ``retrieve`` (global vector) and ``votes``.
+        """
+        timings = {} if timings is None else timings
+        clock = time.perf_counter()
+        vector = self.codebook.aggregate(features.descriptors)
+        excluded = [] if exclude is None else [i for i, where in self.positions.items() if where == exclude]
+        by_vector = self._by_vector(vector, excluded) if self.options.retrieval != VOTES else []
+        timings["retrieve"] = time.perf_counter() - clock
+        counts: dict[int, int] = {}
+        by_votes: list[int] = []
+        if self.votes is not None:
+            clock = time.perf_counter()
+            counts = self.votes.count(features.descriptors, excluded)
+            by_votes = ranked(counts)
+            if self.options.collapse:
+                by_votes = collapse_ranked(np.array(by_votes, dtype=np.int64), self.positions, self.k)
+            timings["votes"] = time.perf_counter() - clock
+        chosen = interleave([[c.image_id for c in by_vector], by_votes[:self.k]], self.k)
+        similarity = {c.image_id: c.similarity for c in by_vector}
+        missing = [i for i in chosen if i not in similarity]
+        similarity.update(zip(missing, self.index.similarities(missing, vector)))
+        return [Candidate(i, similarity[i], counts.get(i, 0)) for i in chosen]
+
+    def _by_vector(self, vector: np.ndarray, excluded: list[int]) -> list[Candidate]:
         positions = self.positions if self.options.collapse else None
-        if exclude is None:
+        if not excluded:
             return retrieve(self.index, vector, self.k, positions)
-        # Fetch past every view of the excluded capture point, then drop them.
-        views = sum(1 for where in self.positions.values() if where == exclude)
-        kept = [c for c in retrieve(self.index, vector, self.k + views, positions) if self.positions[c.image_id] != exclude]
+        # Fetch past every excluded image, then drop them.
+        dropped = set(excluded)
+        kept = [c for c in retrieve(self.index, vector, self.k + len(dropped), positions) if c.image_id not in dropped]
         return kept[:self.k]
 
     def verify(self, features: Features, candidates: list[Candidate]) -> list[Neighbour]:

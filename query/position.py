@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 ESTIMATORS = ("best", "weighted-mean", "cluster")
 #: Rules that turn a calibrated model's probabilities into a position (query.calibrate picks one).
-RANKED_RULES = ("inliers", "copy", "mean", "median")
+RANKED_RULES = ("inliers", "copy", "mean", "median", "inliers-mean")
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,10 @@ def estimate_ranked(neighbours: list[Neighbour], probabilities: np.ndarray, rule
       weights ``p ** sharpness``. The error metric is |dx| + |dy|, and the weighted median
       minimises its expectation when the weights are where the query could be: when two
       places are about equally likely, the answer hedges between them instead of betting.
+    * ``inliers-mean`` — the candidate with the most inliers chooses the place, as with
+      ``inliers``; the answer is the ``inliers ** sharpness``-weighted mean of the verified
+      candidates within ``radius`` of it: the query usually stands between capture points
+      that all see what it sees, and a far look-alike cannot pull (it is outside the radius).
 
     ``confidence`` is the chosen (for ``median``: the most probable) candidate's probability
     of lying within ``radius`` of the query, which is what the model was fitted to
@@ -132,12 +136,18 @@ def estimate_ranked(neighbours: list[Neighbour], probabilities: np.ndarray, rule
     if not neighbours:
         return None
     p = np.asarray(probabilities, float)
-    best = int(np.argmax([n.inliers for n in neighbours])) if rule == "inliers" else int(np.argmax(p))
+    by_inliers = rule in ("inliers", "inliers-mean")
+    best = int(np.argmax([n.inliers for n in neighbours])) if by_inliers else int(np.argmax(p))
     xy = np.array([(n.x, n.y) for n in neighbours], float)
     if rule in ("inliers", "copy"):
         x, y = neighbours[best].x, neighbours[best].y
-    elif rule == "mean":
-        w = p ** sharpness * (np.abs(xy - xy[best]).sum(1) <= radius)
+    elif rule in ("mean", "inliers-mean"):
+        if rule == "mean":
+            weight = p ** sharpness
+        else:
+            inliers = np.array([n.inliers for n in neighbours], float)
+            weight = inliers ** sharpness * (inliers >= min_inliers)
+        w = weight * (np.abs(xy - xy[best]).sum(1) <= radius)
         x, y = (w[:, None] * xy).sum(0) / w.sum() if w.sum() > 0 else xy[best]
     else:
         w = p ** sharpness

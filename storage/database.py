@@ -131,13 +131,26 @@ class Database:
     def state(self, session: Session) -> StoreState | None:
         return session.scalars(select(StoreState).where(StoreState.id == 1)).one_or_none()
 
-    def calibration(self, session: Session, codebook_id: int) -> Calibration | None:
-        """The calibration queries use: the newest one fitted with ``codebook_id``."""
-        return session.scalars(select(Calibration).where(Calibration.codebook_id == codebook_id)
-                               .order_by(Calibration.id.desc()).limit(1)).one_or_none()
+    def calibration(self, session: Session, codebook_id: int, retrieval: str | None = None) -> Calibration | None:
+        """The calibration queries use: the newest one fitted with ``codebook_id`` on shortlists
+        drawn by ``retrieval`` (its probabilities rest on the rank and similarity of the
+        candidates such a shortlist holds); any retrieval's with None."""
+        rows = session.scalars(select(Calibration).where(Calibration.codebook_id == codebook_id)
+                               .order_by(Calibration.id.desc()))
+        return next((row for row in rows if retrieval in (None, calibration_retrieval(row))), None)
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+#: Calibrations recorded before shortlists could be drawn by descriptor votes were fitted
+#: on VLAD shortlists and say nothing of it.
+LEGACY_RETRIEVAL = "vlad"
+
+
+def calibration_retrieval(row: Calibration) -> str:
+    """The retrieval (query.retrieval.RETRIEVALS) a calibration row was fitted on."""
+    return str(row.options.get("retrieval", LEGACY_RETRIEVAL))
 
 
 def open_database(layout: Layout, create: bool = False) -> Database:

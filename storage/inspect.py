@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from glueloc.errors import GluelocError
-from storage.database import Database
+from storage.database import Database, calibration_retrieval
 from storage.features import FeatureReader
 from storage.models import Calibration, Codebook, CoordinateChange, FeatureShard, Image, IndexRun, VectorShard
 
@@ -38,13 +38,14 @@ def _codebook_dict(session: Session, codebook_id: int | None) -> dict[str, Any] 
 
 
 def _calibration_dict(db: Database, session: Session, codebook_id: int | None) -> dict[str, Any] | None:
-    """The calibration queries use now: the newest one of the current codebook."""
+    """The newest calibration of the current codebook (queries drawing their shortlist as it was drawn use it)."""
     row = None if codebook_id is None else db.calibration(session, codebook_id)
     if row is None:
         return None
     rule = row.options.get("rule_name")
     return {"id": row.id, "created_at": row.created_at.isoformat(timespec="seconds"), "rule": rule,
-            "k": row.options.get("k"), "held_out": row.held_out, "images_then": row.images,
+            "k": row.options.get("k"), "retrieval": calibration_retrieval(row), "held_out": row.held_out,
+            "images_then": row.images,
             "near_radius": row.metrics.get("radius"),
             "cross_validated": row.metrics.get("variants", {}).get(row.options.get("variant"))}
 

@@ -74,6 +74,11 @@ class VectorIndex:
         """All stored vectors, in the order of :meth:`ids`."""
         return self.index.index.reconstruct_n(0, self.count) if self.count else np.zeros((0, self.dim), np.float32)
 
+    def similarities(self, ids: list[int], vector: np.ndarray) -> list[float]:
+        """Inner product of ``vector`` with the stored vectors of ``ids`` (each id must be stored)."""
+        query = np.asarray(vector, dtype=np.float32).ravel()
+        return [float(self.index.reconstruct(int(i)) @ query) for i in ids]
+
     def add(self, ids: np.ndarray, vectors: np.ndarray, exact_limit: int = DEFAULT_EXACT_LIMIT) -> "VectorIndex":
         """Add vectors; returns the index to use from now on (a new HNSW one past ``exact_limit``)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)

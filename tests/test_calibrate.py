@@ -67,7 +67,7 @@ def test_calibration_holds_out_places_fits_and_is_used_by_queries(wide_db: Path,
         # the held-out place itself never appears among its candidates
         assert all((nb.x, nb.y) != (sample.x, sample.y) for nb in sample.neighbours)
         assert len(sample.neighbours) == OPTIONS.k_max and (sample.x, sample.y) in positions
-    rules = {"inliers", "copy", "mean-p1", "median-p1", "median-p2", "median-p4"}
+    rules = {"inliers", "copy", "mean-p1", "median-p1", "median-p2", "median-p4", "inliers-mean-2"}
     assert set(result.metrics) == {variant(r, k) for r in rules for k in (3, 4)}
     assert variant(result.rule, result.k) == min(result.metrics, key=lambda r: result.metrics[r]["mae"])
 
@@ -118,7 +118,19 @@ def test_cli_calibrates_and_a_retrained_codebook_needs_a_new_calibration(wide_db
     shown = json.loads(runner.invoke(app, ["inspect", "--db", str(wide_db), "--json"]).output)
     assert shown["calibration"]["id"] == 1 and shown["calibration"]["held_out"] == 14
     assert shown["calibration"]["k"] in (3, 4) and shown["calibration"]["cross_validated"]["mae"] >= 0
+    assert shown["calibration"]["retrieval"] == "fused"
+    # Fitted on fused shortlists: a query drawing its shortlist otherwise does not use it ...
+    with Localizer(Layout.at(wide_db), QueryOptions(retrieval="vlad")) as localizer:
+        assert localizer.calibration is None and localizer.ranked_by == "estimator best (database not calibrated)"
+    # ... until a calibration is fitted for that retrieval; the fused queries keep theirs.
+    result = runner.invoke(app, ["calibrate", "--db", str(wide_db), "--places", "14", "--k", "3", "--retrieval", "vlad",
+                                "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for retrieval, calibration_id in (("vlad", 2), ("fused", 1)):
+        with Localizer(Layout.at(wide_db), QueryOptions(retrieval=retrieval)) as localizer:
+            assert localizer.calibration is not None and localizer.calibration.id == calibration_id
+            assert localizer.calibration.retrieval == retrieval
     assert runner.invoke(app, ["reindex", "--db", str(wide_db), "--retrain"]).exit_code == 0
     with Localizer(Layout.at(wide_db)) as localizer:
         assert localizer.calibration is None  # its similarities came from the old codebook
-    assert calibrations(wide_db) == 1  # kept for the audit trail
+    assert calibrations(wide_db) == 2  # kept for the audit trail

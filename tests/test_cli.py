@@ -83,7 +83,7 @@ def test_query_and_evaluate_on_held_out_views(indexed: Path, scene: SyntheticDat
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["queries"] == 4
-    assert {"extract_p50_s", "retrieve_p50_s", "verify_p95_s"} <= set(metrics)
+    assert {"extract_p50_s", "retrieve_p50_s", "votes_p50_s", "verify_p95_s"} <= set(metrics)
     # held-out views 0.5-1.5 units from a capture point in a 24 x 16 room: verification must place them close
     assert metrics["mae"] < 3.0, metrics
 

@@ -87,6 +87,18 @@ def test_median_hedges_between_two_equally_likely_places() -> None:
     assert estimate_ranked([a, b, c], np.array([0.9, 0.3, 0.2]), "median", sharpness=2.0).x == 0
 
 
+def test_inliers_mean_places_the_query_between_the_strongest_place_and_its_verified_neighbours() -> None:
+    weak = n(12, 10, 10)  # within the radius but not verified: no weight
+    neighbours = [n(10, 10, 30), OUTLIER, n(12, 10, 60), weak]  # the outlier has the most inliers
+    chosen = estimate_ranked(neighbours, np.array([0.9, 0.2, 0.8, 0.1]), "inliers-mean", sharpness=2.0, radius=5.0)
+    assert (chosen.x, chosen.y) == (60, -40)  # the most inliers choose the place, as with "inliers"; alone there
+    neighbours = [n(10, 10, 30), n(12, 10, 60), weak, n(40, 10, 50)]
+    between = estimate_ranked(neighbours, np.array([0.9, 0.8, 0.1, 0.2]), "inliers-mean", sharpness=2.0, radius=5.0)
+    # inliers² weights: (30² * 10 + 60² * 12) / (30² + 60²) = 11.6; the far candidate and the weak one do not pull
+    assert between.x == pytest.approx(11.6) and between.y == 10
+    assert between.confidence == 0.8  # the chosen candidate's probability
+
+
 def test_ranked_rules_refuse_unknown_rules_and_answer_nothing_for_no_neighbours() -> None:
     assert estimate_ranked([], np.zeros(0)) is None
     with pytest.raises(ValueError, match="unknown rule"):

@@ -63,7 +63,7 @@ def test_queries_while_writing(tmp_path: Path, big_scene: SyntheticDataset, half
                 continue
             sizes.append(len(snapshot))
             counts[f"queries answered during {writer_kind}"] += 1
-            used = {name for name, _ in answer.candidates} | {n.name for n in answer.neighbours}
+            used = {name for name, *_ in answer.candidates} | {n.name for n in answer.neighbours}
             if not used <= snapshot:
                 problems.append(f"round {round_}: answer used {sorted(used - snapshot)} outside its snapshot")
             if not snapshot <= set(image_names(db)):
