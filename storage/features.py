@@ -18,12 +18,15 @@ local features stay.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from glueloc.errors import DatabaseError
 from glueloc.extractors.base import Features
 from storage.layout import Published, publish_hdf5
 
@@ -80,6 +83,18 @@ def read_group(group: h5py.Group) -> Features:
     return features
 
 
+@contextmanager
+def _damage_named(filename: str, name: str) -> Iterator[None]:
+    """A shard the catalogue names but that is gone or unreadable is damage to the database:
+    say which and how to repair it, in one line, instead of an h5py traceback."""
+    try:
+        yield
+    except (OSError, KeyError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise DatabaseError(f"feature shard {filename} is missing or unreadable for {name} ({type(exc).__name__}: "
+                            f"{detail}); run `glueloc audit --repair`") from exc
+
+
 class FeatureReader:
     """Read-only access to registered shards, keeping each file open once.
 
@@ -99,11 +114,13 @@ class FeatureReader:
         return handle
 
     def features(self, filename: str, name: str) -> Features:
-        return read_group(self._file(filename)[name])
+        with _damage_named(filename, name):
+            return read_group(self._file(filename)[name])
 
     def descriptors(self, filename: str, name: str) -> np.ndarray:
         """Only the (N, D) descriptors: what aggregation needs, without keypoints."""
-        return np.ascontiguousarray(self._file(filename)[name]["descriptors"][()].astype(np.float32).T)
+        with _damage_named(filename, name):
+            return np.ascontiguousarray(self._file(filename)[name]["descriptors"][()].astype(np.float32).T)
 
     def close(self) -> None:
         for handle in self._open.values():

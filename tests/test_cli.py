@@ -134,11 +134,15 @@ def test_query_refuses_bad_databases_and_images_in_one_line(indexed: Path, scene
     shutil.copytree(indexed, no_images)
     with sqlite3.connect(no_images / "glueloc.sqlite") as connection:
         connection.execute("update store_state set faiss_file = null, faiss_count = 0")
+    lost_shard = tmp_path / "lost-shard"
+    shutil.copytree(indexed, lost_shard)
+    sorted((lost_shard / "features").glob("shard-*.h5"))[0].unlink()
     cases = [
         (good, tmp_path / "missing-db", "no glueloc database"),
         (good, tmp_path / "empty-folder", "no glueloc database"),
         (good, old, "schema revision 0001"),
         (good, no_images, "holds no indexed images"),
+        (good, lost_shard, "is missing or unreadable"),  # every shard is read when the vote index is built
         (tmp_path / "missing.jpg", indexed, "missing.jpg: file not found"),
         (tmp_path / "empty.jpg", indexed, "empty.jpg: empty file"),
         (tmp_path / "corrupt.jpg", indexed, "corrupt.jpg: corrupt or truncated"),
