@@ -36,6 +36,7 @@ app.add_typer(db_app, name="db")
 DbOption = Annotated[Path, typer.Option("--db", envvar="GLUELOC_DB", help="Database directory.")]
 DEFAULT_DB = Path("glueloc-db")
 DEFAULT_PIPELINE = "xfeat+lighterglue"  # chosen by bench/matchers.py (README)
+DEFAULT_RETRIEVAL = "fused"  # query.retrieval.FUSED, spelled here so the CLI imports no model code to start
 F = TypeVar("F", bound=Callable[..., Any])
 RETRIEVAL_HELP = ("How the shortlist is drawn: fused (global vector and descriptor votes in turns), "
                   "vlad (global vector only), votes (descriptor votes only).")
@@ -272,7 +273,7 @@ def query(
     k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
-    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = "fused",
+    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
     viz: Annotated[Optional[Path], typer.Option(help="Write a PNG of the matches with the best neighbour.")] = None,
     map_png: Annotated[Optional[Path], typer.Option("--map", help="Write a PNG map: db positions, neighbours, estimate.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -322,7 +323,7 @@ def calibrate(
     k: Annotated[Optional[list[int]], typer.Option(
         min=2, help="Shortlist lengths to compare (repeat the option) [default: 10 and 15].")] = None,
     seed: Annotated[int, typer.Option(help="Which places are held out.")] = 0,
-    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP + " Queries drawing it so use the fit.")] = "fused",
+    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP + " Queries drawing it so use the fit.")] = DEFAULT_RETRIEVAL,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -406,7 +407,7 @@ def evaluate(
     k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
-    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = "fused",
+    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: error histogram and map of true vs predicted.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -442,7 +443,7 @@ def predict(
     k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
-    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = "fused",
+    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Locate every image in FOLDER into a CSV; run again to resume after an interruption."""
@@ -491,7 +492,7 @@ def demo(
 
     if places >= MIN_PLACES:
         options = CalibrationOptions(places=places)
-        with Localizer(layout, _query_options(options.k_max, False, "best", "fused")) as localizer:
+        with Localizer(layout, _query_options(options.k_max, False, "best", DEFAULT_RETRIEVAL)) as localizer:
             fitted = run_calibration(localizer, options)
         chosen, plain = variant(fitted.rule, fitted.k), variant("inliers", min(options.shortlists))
         typer.echo(f"calibrated on {fitted.held_out} held-out places: k {fitted.k}, rule {fitted.rule}, cross-validated "

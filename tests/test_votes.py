@@ -114,3 +114,10 @@ def test_holding_a_place_out_removes_it_from_both_rankings(indexed: Path) -> Non
 def test_unknown_retrieval_is_refused(indexed: Path) -> None:
     with pytest.raises(GluelocError, match="unknown retrieval 'nearest'"):
         Localizer(Layout.at(indexed), QueryOptions(retrieval="nearest"))
+
+
+def test_the_cli_and_the_api_default_to_the_fused_shortlist() -> None:
+    from glueloc.cli import DEFAULT_RETRIEVAL
+    from query.retrieval import FUSED
+
+    assert DEFAULT_RETRIEVAL == FUSED == QueryOptions().retrieval
