@@ -134,3 +134,16 @@ def test_cli_calibrates_and_a_retrained_codebook_needs_a_new_calibration(wide_db
     with Localizer(Layout.at(wide_db)) as localizer:
         assert localizer.calibration is None  # its similarities came from the old codebook
     assert calibrations(wide_db) == 2  # kept for the audit trail
+
+
+def test_a_calibration_recorded_before_votes_counts_as_fitted_on_vlad(wide_db: Path) -> None:
+    import sqlite3
+
+    with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
+        calibrate(localizer, OPTIONS)
+    with sqlite3.connect(wide_db / "glueloc.sqlite") as connection:  # what a row of the VLAD-only era holds
+        connection.execute("update calibrations set options = json_remove(options, '$.retrieval')")
+    with Localizer(Layout.at(wide_db), QueryOptions(retrieval="vlad")) as localizer:
+        assert localizer.calibration is not None and localizer.calibration.retrieval == "vlad"
+    with Localizer(Layout.at(wide_db)) as localizer:
+        assert localizer.calibration is None
