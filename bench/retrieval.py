@@ -226,21 +226,17 @@ def evaluate_database(database, state, rows, q_feats, near5, near2, positions) -
 def evaluate_votes(db: Path, variant: str, q_feats: list[Features], near5: list[set[int]],
                    near2: list[set[int]]) -> Row:
     """Rank by the database's descriptor votes, alone or in turns with its VLAD ranking,
-    through the Localizer's own code (the index it builds when it opens)."""
+    through the Localizer's own shortlist (and the vote index it builds when it opens)."""
     from query.localizer import Localizer, QueryOptions
-    from query.retrieval import interleave, retrieve
-    from query.votes import ranked as by_votes
 
-    with Localizer(Layout.at(db), QueryOptions(estimator="best", retrieval="votes")) as loc:
+    retrieval = variant.removeprefix("database-")
+    with Localizer(Layout.at(db), QueryOptions(k=max(KS), estimator="best", retrieval=retrieval)) as loc:
         order = {image_id: i for i, image_id in enumerate(sorted(loc.images))}  # image ids -> row positions
         assert loc.votes is not None
         ranked = np.full((len(q_feats), max(KS)), -1)
         clock = time.perf_counter()
         for q, features in enumerate(q_feats):
-            ids = by_votes(loc.votes.count(features.descriptors))[:max(KS)]
-            if variant == "database-fused":
-                vlad = retrieve(loc.index, loc.codebook.aggregate(features.descriptors), max(KS))
-                ids = interleave([[c.image_id for c in vlad], ids], max(KS))
+            ids = [c.image_id for c in loc.shortlist(features)]  # what a query with k = 50 would verify
             ranked[q, :len(ids)] = [order[i] for i in ids]
         ms = 1000 * (time.perf_counter() - clock) / len(q_feats)
         mb = loc.votes.index.ntotal * (loc.votes.dim * 2 + 8) / 2**20  # float16 codes + int64 ids

@@ -82,13 +82,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _query_options(k: int | None, collapse: bool, estimator: str, retrieval: str) -> "QueryOptions":
     from query.localizer import AUTO, CALIBRATED, QueryOptions
     from query.position import ESTIMATORS
-    from query.retrieval import RETRIEVALS
 
     known = (AUTO, CALIBRATED, *ESTIMATORS)
     if estimator not in known:
         raise GluelocError(f"unknown estimator {estimator!r} ({', '.join(known)})")
-    if retrieval not in RETRIEVALS:
-        raise GluelocError(f"unknown retrieval {retrieval!r} ({', '.join(RETRIEVALS)})")
     return QueryOptions(k=k, collapse=collapse, estimator=estimator, retrieval=retrieval)
 
 

@@ -55,7 +55,7 @@ def vlad_conf(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return merge_conf(DEFAULT_CONF, overrides, "vlad")
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -85,7 +85,7 @@ class VLADCodebook:
         k, d = self.centroids.shape
         if len(descriptors) == 0:
             return np.zeros(k * d, np.float32)
-        x = _unit_rows(np.asarray(descriptors, dtype=np.float32))
+        x = unit_rows(np.asarray(descriptors, dtype=np.float32))
         dist = (x * x).sum(1)[:, None] - 2.0 * x @ self.centroids.T + (self.centroids**2).sum(1)[None, :]
         if self.conf["assignment"] == "soft":
             m = min(int(self.conf["soft_neighbours"]), k)
@@ -103,20 +103,20 @@ class VLADCodebook:
             raise ValueError(f"unknown VLAD assignment {self.conf['assignment']!r} (hard or soft)")
         # sum_i a_ik (x_i - c_k) = A^T X - (sum_i a_ik) c_k
         residuals = assign.T @ x - assign.sum(axis=0)[:, None] * self.centroids
-        residuals = _unit_rows(residuals)  # intra-normalisation (empty centres stay zero)
+        residuals = unit_rows(residuals)  # intra-normalisation (empty centres stay zero)
         vector = residuals.reshape(-1)
         vector = np.sign(vector) * np.sqrt(np.abs(vector))
-        return _unit_rows(vector).astype(np.float32)
+        return unit_rows(vector).astype(np.float32)
 
     def project(self, raw: np.ndarray) -> np.ndarray:
         """PCA-whiten (if trained) and L2-normalise rows of raw VLAD vectors."""
         raw = np.atleast_2d(raw).astype(np.float32)
         if self.pca_matrix is None:
-            return _unit_rows(raw)
+            return unit_rows(raw)
         projected = raw @ self.pca_matrix.T + self.pca_bias
         zero = ~raw.any(axis=1)  # an image without descriptors stays the zero vector
         projected[zero] = 0.0
-        return _unit_rows(projected).astype(np.float32)
+        return unit_rows(projected).astype(np.float32)
 
     def aggregate(self, descriptors: np.ndarray) -> np.ndarray:
         """One image's global vector (length :attr:`dim`, unit norm unless it has no descriptors)."""
@@ -137,7 +137,7 @@ def train_codebook(descriptor_sets: Iterable[np.ndarray], conf: Mapping[str, Any
     sets = [np.asarray(s, dtype=np.float32) for s in descriptor_sets if len(s)]
     if not sets:
         raise ValueError("no descriptors to train a codebook on")
-    sample = np.concatenate([_sample_rows(_unit_rows(s), int(conf["descriptors_per_image"]), rng) for s in sets])
+    sample = np.concatenate([_sample_rows(unit_rows(s), int(conf["descriptors_per_image"]), rng) for s in sets])
     # k-means needs a few dozen points per centre (faiss asks for 39); a small database
     # gets fewer centres instead of noise, and the codebook records the K it really has.
     k = max(1, min(int(conf["num_clusters"]), len(sample) // 39))
