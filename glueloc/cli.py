@@ -24,6 +24,7 @@ from storage.layout import Layout
 from storage.vectors import DEFAULT_EXACT_LIMIT
 
 if TYPE_CHECKING:
+    from query.calibrate import CalibrationResult
     from query.localizer import QueryOptions
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ DEFAULT_RETRIEVAL = "fused"  # query.retrieval.FUSED, spelled here so the CLI im
 F = TypeVar("F", bound=Callable[..., Any])
 RETRIEVAL_HELP = ("How the shortlist is drawn: fused (global vector and descriptor votes in turns), "
                   "vlad (global vector only), votes (descriptor votes only).")
+RESECTION_HELP = ("Place the query by the directions to its neighbours when the calibration fitted a camera "
+                  "for it (`glueloc calibrate`); --no-resection answers with the rule alone.")
 ESTIMATOR_HELP = ("Position from verified neighbours: auto (the database's calibration if any, else best), "
                   "calibrated, best, weighted-mean, cluster.")
 
@@ -79,14 +82,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _query_options(k: int | None, collapse: bool, estimator: str, retrieval: str) -> "QueryOptions":
+def _query_options(k: int | None, collapse: bool, estimator: str, retrieval: str,
+                   resection: bool = True) -> "QueryOptions":
     from query.localizer import AUTO, CALIBRATED, QueryOptions
     from query.position import ESTIMATORS
 
     known = (AUTO, CALIBRATED, *ESTIMATORS)
     if estimator not in known:
         raise GluelocError(f"unknown estimator {estimator!r} ({', '.join(known)})")
-    return QueryOptions(k=k, collapse=collapse, estimator=estimator, retrieval=retrieval)
+    return QueryOptions(k=k, collapse=collapse, estimator=estimator, retrieval=retrieval, resection=resection)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -271,6 +275,7 @@ def query(
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
+    resection: Annotated[bool, typer.Option(help=RESECTION_HELP)] = True,
     viz: Annotated[Optional[Path], typer.Option(help="Write a PNG of the matches with the best neighbour.")] = None,
     map_png: Annotated[Optional[Path], typer.Option("--map", help="Write a PNG map: db positions, neighbours, estimate.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -283,7 +288,7 @@ def query(
     from glueloc.viz import draw_map, save_rgb
     from query.localizer import Localizer
 
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval)) as localizer:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer:
         result = localizer.locate(image)
         if viz is not None and result.neighbours:
             best = result.used[0] if result.used else max(result.neighbours, key=lambda n: n.inliers)
@@ -300,10 +305,13 @@ def query(
     status = "verified" if result.verified else "NOT verified (no candidate has enough inliers)"
     typer.echo(f"{result.query}: x={result.x:.3f} y={result.y:.3f} confidence={result.confidence:.2f} "
                f"uncertainty={result.uncertainty:.2f} ({status}; {result.ranked_by})")
+    if "resection" in result.ranked_by and not result.resected:
+        typer.echo("  not resected: fewer than 3 capture points near the answer verified; the rule's answer stands")
     votes = {name: count for name, _, count in result.candidates}
     for n in result.neighbours:
         mark = "*" if n in result.used else " "
         chance = "" if n.probability is None else f"  p(near) {n.probability:.2f}"
+        chance += "" if n.bearing is None else f"  seen at {n.bearing:+.1f} deg"
         typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  votes {votes[n.name]}  "
                    f"inliers {n.inliers}/{n.matches}{chance}")
     typer.echo("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.seconds.items()))
@@ -337,7 +345,9 @@ def calibrate(
     summary = {"calibration": result.calibration_id, "held_out": result.held_out, "near_radius": round(result.radius, 3),
                "k": result.k, "rule": result.rule, "variants": result.metrics, "confidence": result.confidence,
                "weights": dict(zip(result.model.features, [round(float(w), 3) for w in result.model.weights])),
-               "median_seconds_per_place": round(result.seconds_per_place, 3)}
+               "median_seconds_per_place": round(result.seconds_per_place, 3),
+               "resection": None if result.bearings is None else {"fov": result.bearings.fov, "axes": result.bearings.axes},
+               "resection_variants": result.resection}
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -349,9 +359,25 @@ def calibrate(
         mark = "*" if name == chosen else " "
         typer.echo(f" {mark} {name:14s} MAE {m['mae']:.2f}  median {m['median']:.2f}  within 2 {m['within_2']:.0%}  "
                    f"> 20 units {m['gross_failures']}")
+    typer.echo(_resection_line(result))
     c = result.confidence
     typer.echo(f"confidence: MAE of the most confident 50 % {c['mae_top_50']:.2f}, 80 % {c['mae_top_80']:.2f}, "
                f"all {c['mae_top_100']:.2f}; Spearman(confidence, error) {c['spearman_confidence_error']:.2f}")
+
+
+def _resection_line(result: "CalibrationResult") -> str:
+    """One line: the camera calibration chose for resection, or why it chose none."""
+    from query.calibrate import resection_variant, variant
+
+    plain = result.metrics[variant(result.rule, result.k)]["mae"]
+    if not result.resection:
+        return "resection: not compared (no fields of view to try)"
+    best = min(result.resection, key=lambda v: result.resection[v]["mae"])
+    m = result.resection[best]
+    if result.bearings is None:
+        return f"resection: not used (best camera {best}: MAE {m['mae']:.2f}, the rule alone {plain:.2f})"
+    return (f"resection: {resection_variant(result.bearings)} (horizontal field of view in degrees, map axes): "
+            f"MAE {m['mae']:.2f}  median {m['median']:.2f}  within 2 {m['within_2']:.0%} (the rule alone {plain:.2f})")
 
 
 @app.command()
@@ -405,6 +431,7 @@ def evaluate(
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
+    resection: Annotated[bool, typer.Option(help=RESECTION_HELP)] = True,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: error histogram and map of true vs predicted.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -418,7 +445,7 @@ def evaluate(
     from query.localizer import Localizer
 
     rows = read_labels(labels, images)
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer, _progress(progress) as bar:
         task = bar.add_task("querying", total=len(rows))
         result = run_evaluation(localizer, rows, progress=lambda n: bar.advance(task, n))
         db_xy = np.array([(i.x, i.y) for i in localizer.images.values()])
@@ -441,6 +468,7 @@ def predict(
     collapse: Annotated[bool, typer.Option(help="Keep one image per capture position in the shortlist.")] = False,
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
+    resection: Annotated[bool, typer.Option(help=RESECTION_HELP)] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Locate every image in FOLDER into a CSV; run again to resume after an interruption."""
@@ -448,7 +476,7 @@ def predict(
     from query.predict import list_images, predict_folder
 
     total = len(list_images(folder))
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer, _progress(progress) as bar:
         task = bar.add_task("locating", total=total)
         summary = predict_folder(localizer, folder, output, progress=lambda n: bar.advance(task, n))
     for failure in summary.failures:
@@ -495,6 +523,7 @@ def demo(
         typer.echo(f"calibrated on {fitted.held_out} held-out places: k {fitted.k}, rule {fitted.rule}, cross-validated "
                    f"MAE {fitted.metrics[chosen]['mae']:.2f} (most inliers of the top {min(options.shortlists)}: "
                    f"{fitted.metrics[plain]['mae']:.2f})")
+        typer.echo(_resection_line(fitted))
     else:
         typer.echo(f"not calibrated: {places} places are fewer than the {MIN_PLACES} calibration needs")
     with Localizer(layout) as localizer:

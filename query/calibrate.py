@@ -16,7 +16,11 @@ From the held-out sample:
    (query.position.estimate_ranked), chosen together by cross-validated MAE over folds
    of held-out places, so every choice is measured on held-out places and none on the
    queries a user will later evaluate. The places are queried once with the longest k;
-   a shorter k uses the first k candidates, exactly what a query with that k verifies.
+   a shorter k uses the first k candidates, exactly what a query with that k verifies;
+4. the **camera for resection** (query.bearings, query.resection): the horizontal field of
+   view and the direction of the labels' y axis with which resection within the chosen
+   place gives the lowest cross-validated MAE — kept only when that beats the rule alone.
+   The rule's out-of-fold answers are the priors, so this too is measured on held-out places.
 
 The fit and its cross-validated metrics are stored as one ``calibrations`` row (one
 transaction: an interrupted calibration leaves nothing); queries use the newest
@@ -34,9 +38,11 @@ import numpy as np
 
 import glueloc
 from glueloc.errors import GluelocError
+from query.bearings import InlierPoints
 from query.evaluate import confidence_metrics, error_metrics
 from query.localizer import Localizer
-from query.position import Neighbour, estimate_ranked
+from query.position import BearingsConf, Neighbour, estimate_ranked, sightings
+from query.resection import MAP_AXES, resect
 from query.rerank import FEATURES, KIND, RerankModel, candidate_features, fit_model
 from storage.models import Calibration
 
@@ -64,6 +70,8 @@ class CalibrationOptions:
     folds: int = 5
     seed: int = 0
     l2: float = 1.0  # ridge on the standardised logistic weights
+    #: Horizontal fields of view (degrees) compared for resection; empty: no resection.
+    fovs: tuple[float, ...] = tuple(range(50, 115, 5))
 
     @property
     def k_max(self) -> int:
@@ -79,6 +87,7 @@ class HeldOut:
     y: float
     neighbours: list[Neighbour]
     seconds: float
+    pairs: list[InlierPoints] = field(default_factory=list)  # each neighbour's verified correspondences
 
 
 @dataclass
@@ -93,6 +102,8 @@ class CalibrationResult:
     model: RerankModel
     seconds_per_place: float
     samples: list[HeldOut] = field(default_factory=list)
+    bearings: BearingsConf | None = None  # the camera queries resect with; None: the rule alone did better
+    resection: dict[str, dict[str, float | int]] = field(default_factory=dict)  # "fov<F>-<axes>" -> CV metrics
 
 
 def near_radius(positions: np.ndarray) -> float:
@@ -124,8 +135,8 @@ def hold_out(localizer: Localizer, options: CalibrationOptions,
         views = by_place[places[p]]
         image = localizer.images[views[int(rng.integers(len(views)))]]
         features = localizer.reader.features(image.shard, image.name)
-        location = localizer.locate_features(image.name, features, exclude=places[p])
-        samples.append(HeldOut(image.name, image.x, image.y, location.neighbours, location.seconds["total"]))
+        location, pairs = localizer.locate_with_evidence(image.name, features, exclude=places[p])
+        samples.append(HeldOut(image.name, image.x, image.y, location.neighbours, location.seconds["total"], pairs))
         if progress is not None:
             progress(done + 1, len(chosen))
     return samples
@@ -139,6 +150,40 @@ def _errors(samples: Sequence[HeldOut], probabilities: Sequence[np.ndarray], rul
         errors.append(abs(answer.x - sample.x) + abs(answer.y - sample.y))
         confidences.append(answer.confidence)
     return np.array(errors), np.array(confidences)
+
+
+def resection_variant(conf: BearingsConf) -> str:
+    return f"fov{conf.fov:g}-{conf.axes}"
+
+
+def choose_bearings(samples: Sequence[HeldOut], probabilities: Sequence[np.ndarray], rule: str, sharpness: float,
+                    radius: float, options: CalibrationOptions, min_inliers: int
+                    ) -> tuple[BearingsConf | None, dict[str, dict[str, float | int]]]:
+    """Resect every held-out place's out-of-fold answer with each candidate camera; the camera
+    with the lowest MAE is returned when it beats the answers left as they are."""
+    answers = [estimate_ranked(s.neighbours, p, rule, sharpness, radius, min_inliers)
+               for s, p in zip(samples, probabilities)]
+    plain = np.array([abs(a.x - s.x) + abs(a.y - s.y) for a, s in zip(answers, samples)])
+    metrics: dict[str, dict[str, float | int]] = {}
+    cameras: dict[str, BearingsConf] = {}
+    for fov in options.fovs:
+        seen_by = [[seen for _, seen in sightings(a, s.neighbours, s.pairs, fov, radius, min_inliers)]
+                   for a, s in zip(answers, samples)]
+        for axes in MAP_AXES:
+            errors = plain.copy()
+            for i, (answer, seen, sample) in enumerate(zip(answers, seen_by, samples)):
+                solution = resect(seen, (answer.x, answer.y), radius, axes) if answer.verified else None
+                if solution is not None:
+                    errors[i] = abs(solution.x - sample.x) + abs(solution.y - sample.y)
+            camera = BearingsConf(float(fov), axes)
+            metrics[resection_variant(camera)] = error_metrics(errors)
+            cameras[resection_variant(camera)] = camera
+    if not metrics:
+        return None, metrics
+    best = min(metrics, key=lambda v: metrics[v]["mae"])
+    if metrics[best]["mae"] >= round(float(plain.mean()), 3):
+        return None, metrics
+    return cameras[best], metrics
 
 
 def _labels(samples: Sequence[HeldOut], radius: float) -> list[np.ndarray]:
@@ -177,9 +222,12 @@ def _cross_validate(samples: Sequence[HeldOut], radius: float, options: Calibrat
 
 
 def fit(samples: Sequence[HeldOut], radius: float, options: CalibrationOptions, min_inliers: int
-        ) -> tuple[RerankModel, int, str, dict[str, dict[str, float | int]], dict[str, float]]:
+        ) -> tuple[RerankModel, int, str, dict[str, dict[str, float | int]], dict[str, float],
+                   BearingsConf | None, dict[str, dict[str, float | int]]]:
     """Cross-validate every (shortlist length, rule) over folds of held-out places; refit the
-    model of the winner on all of them. Returns (model, k, rule name, metrics, its confidence metrics)."""
+    model of the winner on all of them; then choose the camera for resection on the winner's
+    out-of-fold answers. Returns (model, k, rule name, metrics, its confidence metrics,
+    camera or None, resection metrics)."""
     samples = [s for s in samples if s.neighbours]
     if len(samples) < MIN_PLACES:
         raise GluelocError(f"only {len(samples)} held-out places got any candidate; calibration needs {MIN_PLACES}")
@@ -189,11 +237,13 @@ def fit(samples: Sequence[HeldOut], radius: float, options: CalibrationOptions, 
     metrics: dict[str, dict[str, float | int]] = {}
     confidences: dict[str, dict[str, float]] = {}
     designs: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    out_of_fold: dict[int, tuple[list[HeldOut], list[np.ndarray]]] = {}
     for k in sorted(options.shortlists):
         # A query with shortlist k verifies exactly the first k of the k_max candidates.
         shorter = [replace(s, neighbours=s.neighbours[:k]) for s in samples]
         features, labels, probabilities = _cross_validate(shorter, radius, options, min_inliers)
         designs[k] = (features, labels)
+        out_of_fold[k] = (shorter, probabilities)
         for name, rule, sharpness in RULES:
             errors, confidence = _errors(shorter, probabilities, rule, sharpness, radius, min_inliers)
             metrics[variant(name, k)] = error_metrics(errors)
@@ -203,7 +253,9 @@ def fit(samples: Sequence[HeldOut], radius: float, options: CalibrationOptions, 
     name, k = best.rsplit("@k", 1)
     features, labels = designs[int(k)]
     model = fit_model(np.concatenate(features), np.concatenate(labels), radius, min_inliers, options.l2)
-    return model, int(k), name, metrics, confidences[best]
+    rule, sharpness = next((r, s) for n, r, s in RULES if n == name)
+    bearings, resection = choose_bearings(*out_of_fold[int(k)], rule, sharpness, radius, options, min_inliers)
+    return model, int(k), name, metrics, confidences[best], bearings, resection
 
 
 def calibrate(localizer: Localizer, options: CalibrationOptions,
@@ -213,7 +265,8 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
         raise GluelocError(f"the localizer verifies {localizer.k} candidates, the calibration needs {options.k_max}")
     radius = near_radius(np.array(list(localizer.positions.values()), float))
     samples = hold_out(localizer, options, progress)
-    model, k, chosen, metrics, confidence = fit(samples, radius, options, localizer.options.min_inliers)
+    model, k, chosen, metrics, confidence, bearings, resection = fit(samples, radius, options,
+                                                                     localizer.options.min_inliers)
     rule, sharpness = next((r, s) for n, r, s in RULES if n == chosen)
     seconds = float(np.median([s.seconds for s in samples]))
     calibration_id = None
@@ -223,16 +276,20 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
                                        "variant": variant(chosen, k),
                                        "shortlists": list(options.shortlists),
                                        "places": options.places, "folds": options.folds, "seed": options.seed,
-                                       "l2": options.l2, "features": list(FEATURES)}
+                                       "l2": options.l2, "features": list(FEATURES),
+                                       "bearings": None if bearings is None else {"fov": bearings.fov,
+                                                                                   "axes": bearings.axes},
+                                       "fovs": list(options.fovs)}
         with localizer.db.session() as session, session.begin():
             row = Calibration(kind=KIND, model=model.to_json(), options=row_options,
-                              metrics={"variants": metrics, "confidence": confidence, "radius": radius},
+                              metrics={"variants": metrics, "confidence": confidence, "radius": radius,
+                                       "resection": resection},
                               held_out=len(samples), images=len(localizer.images),
                               codebook_id=localizer.state.codebook_id, glueloc_version=glueloc.__version__)
             session.add(row)
             session.flush()
             calibration_id = row.id
-        logger.info("calibration %d: k %d, rule %s, cross-validated MAE %.2f", calibration_id, k, chosen,
-                    metrics[variant(chosen, k)]["mae"])
+        logger.info("calibration %d: k %d, rule %s, cross-validated MAE %.2f, resection %s", calibration_id, k,
+                    chosen, metrics[variant(chosen, k)]["mae"], bearings)
     return CalibrationResult(calibration_id, radius, k, chosen, len(samples), metrics, confidence, model, seconds,
-                             samples)
+                             samples, bearings, resection)

@@ -71,7 +71,7 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
                 stages.setdefault(stage, []).append(seconds)
         records.append({
             "name": row.name, "true": [row.x, row.y], "predicted": [result.x, result.y], "error": round(error, 3),
-            "confidence": result.confidence, "verified": result.verified,
+            "confidence": result.confidence, "verified": result.verified, "resected": result.resected,
             "shortlist": result.candidates,
             "neighbours": [(n.name, n.inliers) if n.probability is None else (n.name, n.inliers, n.probability)
                            for n in result.neighbours],

@@ -10,7 +10,9 @@ and ``predict`` pay it once and a single ``glueloc query`` pays it every time â€
 
 The path of one query: extract -> shortlist (VLAD and descriptor votes in turns,
 query.retrieval) -> verify (matcher + RANSAC, query.verify) -> decide (the calibrated
-rule, or an uncalibrated estimator, query.position).
+rule, or an uncalibrated estimator, query.position) -> resect (when the calibration
+fitted a camera: the directions in which the query sees its neighbours place it within
+the chosen place, query.bearings and query.resection).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from glueloc.errors import DatabaseError, GluelocError
 from glueloc.extractors import Features, load_recorded_extractor
 from glueloc.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.matchers import load_matcher
-from query.position import Estimate, Neighbour, estimate, estimate_ranked
+from query.bearings import InlierPoints
+from query.position import BearingsConf, Estimate, Neighbour, estimate, estimate_ranked, resected
 from query.rerank import RerankModel
 from query.retrieval import FUSED, RETRIEVALS, VLAD, VOTES, Candidate, collapse_ranked, interleave, retrieve
 from query.votes import DescriptorVotes, ranked
@@ -71,6 +74,7 @@ class Location:
     neighbours: list[Neighbour]  # every candidate verified, with its inliers
     used: list[Neighbour]  # the neighbours the estimate rests on
     ranked_by: str = ""  # which rule chose: "calibration <id> (rule ...)" or the uncalibrated estimator
+    resected: bool = False  # placed by resection (query.resection), not only by the rule
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -84,6 +88,7 @@ class CalibrationInUse:
     rule: str  # query.position.RANKED_RULES
     sharpness: float
     k: int  # the shortlist length it was fitted with
+    bearings: BearingsConf | None = None  # the camera for resection, when held-out places said it helps
 
 
 #: ``auto`` uses the database's calibration when it has one for its current codebook,
@@ -100,6 +105,7 @@ class QueryOptions:
     estimator: str = AUTO  # auto, calibrated, or best / weighted-mean / cluster (query.position)
     retrieval: str = FUSED  # fused (VLAD and descriptor votes in turns), vlad or votes (query.retrieval)
     geometry: str = "fundamental"  # or "homography"
+    resection: bool = True  # place the query by resection when the calibration fitted a camera for it
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
@@ -163,8 +169,13 @@ class Localizer:
             model = RerankModel.from_json(row.model)
         except (KeyError, TypeError, ValueError) as exc:
             raise DatabaseError(f"calibration {row.id} cannot be used ({exc}): run `glueloc calibrate` again") from exc
+        bearings = row.options.get("bearings")  # absent in calibrations from before resection
+        try:
+            camera = None if not bearings else BearingsConf(float(bearings["fov"]), str(bearings["axes"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatabaseError(f"calibration {row.id} cannot be used ({exc}): run `glueloc calibrate` again") from exc
         return CalibrationInUse(row.id, model, calibration_retrieval(row), str(row.options["rule"]),
-                                float(row.options["sharpness"]), int(row.options["k"]))
+                                float(row.options["sharpness"]), int(row.options["k"]), camera)
 
     @property
     def k(self) -> int:
@@ -184,16 +195,24 @@ class Localizer:
                         exclude: tuple[float, float] | None = None) -> Location:
         """The query path after extraction; ``exclude`` leaves out every database image at
         that position (how ``glueloc calibrate`` holds a capture point out)."""
+        return self.locate_with_evidence(name, features, timings, exclude)[0]
+
+    def locate_with_evidence(self, name: str, features: Features, timings: dict[str, float] | None = None,
+                             exclude: tuple[float, float] | None = None) -> tuple[Location, list[InlierPoints]]:
+        """:meth:`locate_features`, also returning each neighbour's verified correspondences
+        (what ``glueloc calibrate`` needs to fit the camera used for resection)."""
         timings = {} if timings is None else timings
         candidates = self.shortlist(features, exclude, timings)
 
         clock = time.perf_counter()
-        neighbours = self.verify(features, candidates)
+        neighbours, pairs = self.verify(features, candidates)
         timings["verify"] = time.perf_counter() - clock
 
-        answer, neighbours = self.decide(neighbours)
+        clock = time.perf_counter()
+        answer, neighbours, placed = self.decide(neighbours, pairs)
+        timings["decide"] = time.perf_counter() - clock
         timings["total"] = sum(timings.values())
-        return Location(
+        location = Location(
             query=name,
             x=None if answer is None else answer.x,
             y=None if answer is None else answer.y,
@@ -204,8 +223,10 @@ class Localizer:
             neighbours=neighbours,
             used=[] if answer is None else answer.used,
             ranked_by=self.ranked_by,
+            resected=placed,
             seconds={k: round(v, 4) for k, v in timings.items()},
         )
+        return location, pairs
 
     def shortlist(self, features: Features, exclude: tuple[float, float] | None = None,
                   timings: dict[str, float] | None = None) -> list[Candidate]:
@@ -243,20 +264,29 @@ class Localizer:
         kept = [c for c in retrieve(self.index, vector, self.k + len(dropped), positions) if c.image_id not in dropped]
         return kept[:self.k]
 
-    def verify(self, features: Features, candidates: list[Candidate]) -> list[Neighbour]:
+    def verify(self, features: Features, candidates: list[Candidate]) -> tuple[list[Neighbour], list[InlierPoints]]:
+        """Every candidate verified, and the correspondences RANSAC kept for each."""
         db_images = [self.images[c.image_id] for c in candidates]
-        checks = verify_candidates(features, [self.reader.features(i.shard, i.name) for i in db_images],
-                                   self.matcher, self.options.geometry)
-        return [
+        db_features = [self.reader.features(i.shard, i.name) for i in db_images]
+        checks = verify_candidates(features, db_features, self.matcher, self.options.geometry)
+        neighbours = [
             Neighbour(i.id, i.name, i.x, i.y, c.similarity, check.matches, check.inliers, round(check.inlier_ratio, 3))
             for i, c, check in zip(db_images, candidates, checks)
         ]
+        pairs = []
+        for other, check in zip(db_features, checks):
+            kept = check.correspondences.indices[check.inlier_mask] if check.inliers else np.zeros((0, 2), np.int64)
+            pairs.append(InlierPoints(features.keypoints[kept[:, 0]], other.keypoints[kept[:, 1]],
+                                      features.image_size, other.image_size))
+        return neighbours, pairs
 
     @property
     def ranked_by(self) -> str:
         if self._uses_calibration:
             c = self.calibration
-            return f"calibration {c.id} (rule {c.rule}, p^{c.sharpness:g})"
+            placed = (f" + resection (field of view {c.bearings.fov:g} deg, {c.bearings.axes})"
+                      if self._resects else "")
+            return f"calibration {c.id} (rule {c.rule}, p^{c.sharpness:g}){placed}"
         if self.options.estimator == AUTO:
             return "estimator best (database not calibrated)"
         return f"estimator {self.options.estimator}"
@@ -266,23 +296,34 @@ class Localizer:
         return self.calibration is not None and self.options.estimator in (AUTO, CALIBRATED)
 
     @property
+    def _resects(self) -> bool:
+        return self._uses_calibration and self.options.resection and self.calibration.bearings is not None
+
+    @property
     def _estimator(self) -> str:
         """The uncalibrated estimator in use (``auto`` without a calibration means ``best``)."""
         return "best" if self.options.estimator == AUTO else self.options.estimator
 
-    def decide(self, neighbours: list[Neighbour]) -> tuple[Estimate | None, list[Neighbour]]:
-        """Verified neighbours -> position, by the calibration or by the chosen estimator.
+    def decide(self, neighbours: list[Neighbour], pairs: list[InlierPoints] | None = None
+               ) -> tuple[Estimate | None, list[Neighbour], bool]:
+        """Verified neighbours -> position, by the calibration or by the chosen estimator,
+        then (calibration with a camera, and ``pairs`` given) resection within the chosen place.
 
-        Also returns the neighbours, carrying their calibrated probabilities when there are some.
+        Also returns the neighbours, carrying their calibrated probabilities and bearings when
+        there are some, and whether resection placed the answer.
         """
         if not self._uses_calibration:
-            return estimate(neighbours, self._estimator, self.options.min_inliers), neighbours
+            return estimate(neighbours, self._estimator, self.options.min_inliers), neighbours, False
         calibration = self.calibration
         probabilities = calibration.model.probabilities(neighbours)
         neighbours = [replace(n, probability=round(float(p), 4)) for n, p in zip(neighbours, probabilities)]
         answer = estimate_ranked(neighbours, probabilities, calibration.rule, calibration.sharpness,
                                  calibration.model.radius, self.options.min_inliers)
-        return answer, neighbours
+        placed = False
+        if answer is not None and pairs is not None and self._resects:
+            answer, neighbours, placed = resected(answer, neighbours, pairs, calibration.bearings,
+                                                  calibration.model.radius, self.options.min_inliers)
+        return answer, neighbours, placed
 
     def match_picture(self, path: Path, neighbour: Neighbour) -> np.ndarray:
         """The query and one neighbour side by side with their matches (for ``query --viz``)."""

@@ -19,15 +19,21 @@ grows with the winning evidence and shrinks with the share of verified inliers t
 point elsewhere; ``uncertainty`` is the inlier-weighted spread (mean |dx| + |dy|) of the
 verified neighbours that agree with the estimate — a description of the evidence, not a
 calibrated error bound. A calibrated database (``glueloc calibrate``) answers through
-:func:`estimate_ranked` instead, whose confidence is a fitted probability.
+:func:`estimate_ranked` instead, whose confidence is a fitted probability, and, when its
+calibration fitted a camera, :func:`resected` then places the query within the chosen
+place from the directions in which it sees the verified neighbours there.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from query.bearings import InlierPoints, bearing
+from query.resection import MAP_AXES, Sighting, resect
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class Neighbour:
     inliers: int
     inlier_ratio: float
     probability: float | None = None  # of lying within the near radius, when the database is calibrated
+    bearing: float | None = None  # degrees right of the query's axis where its camera stands (query.bearings), when resected
 
 
 @dataclass(frozen=True)
@@ -157,3 +164,56 @@ def estimate_ranked(neighbours: list[Neighbour], probabilities: np.ndarray, rule
     used = [neighbours[i] for i in np.argsort(-p, kind="stable") if distance[i] <= radius] or [neighbours[best]]
     verified = neighbours[best].inliers >= min_inliers
     return Estimate(float(x), float(y), round(float(p[best]), 3), round(uncertainty, 3), verified, used)
+
+
+@dataclass(frozen=True)
+class BearingsConf:
+    """How to place the query between capture points by resection (fitted by ``glueloc calibrate``)."""
+
+    fov: float  # horizontal field of view of the database's (and queries') camera, degrees
+    axes: str  # which way the labels' y axis points (query.resection.MAP_AXES)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fov < 180.0:
+            raise ValueError(f"field of view {self.fov} is not an angle between 0 and 180 degrees")
+        if self.axes not in MAP_AXES:
+            raise ValueError(f"unknown map axes {self.axes!r} ({', '.join(MAP_AXES)})")
+
+
+def sightings(answer: Estimate, neighbours: Sequence[Neighbour], pairs: Sequence[InlierPoints], fov: float,
+              radius: float, min_inliers: int = 15) -> list[tuple[int, Sighting]]:
+    """The directions to the answer's place that the verified neighbours give, by neighbour index.
+
+    Only neighbours within ``2 * radius`` of the answer count (a far look-alike says nothing
+    about where the query stands in this place), weighted by inliers squared as in
+    ``inliers-mean``. An unverified answer has none: there is no place to stand in.
+    """
+    if not answer.verified:
+        return []
+    seen = []
+    for i, (n, pair) in enumerate(zip(neighbours, pairs)):
+        if n.inliers < min_inliers or _l1(n, answer.x, answer.y) > 2.0 * radius:
+            continue
+        angle = bearing(pair, fov)
+        if angle is not None:
+            seen.append((i, Sighting(n.x, n.y, angle, float(n.inliers) ** 2)))
+    return seen
+
+
+def resected(answer: Estimate, neighbours: Sequence[Neighbour], pairs: Sequence[InlierPoints],
+             conf: BearingsConf, radius: float, min_inliers: int = 15) -> tuple[Estimate, list[Neighbour], bool]:
+    """Move a verified answer to where the directions to its neighbours say the query stands.
+
+    The rule already chose the place; this only places the query *within* it: the search
+    stays within ``radius`` of the answer (query.resection). With fewer than three distinct
+    places in sight the answer is left as it is. Returns the answer, the neighbours carrying
+    the bearings computed (degrees), and whether resection placed it.
+    """
+    seen = sightings(answer, neighbours, pairs, conf.fov, radius, min_inliers)
+    out = list(neighbours)
+    for i, sighting in seen:
+        out[i] = replace(out[i], bearing=round(float(np.degrees(sighting.angle)), 2))
+    solution = resect([s for _, s in seen], (answer.x, answer.y), radius, conf.axes)
+    if solution is None:
+        return answer, out, False
+    return replace(answer, x=solution.x, y=solution.y), out, True

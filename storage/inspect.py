@@ -47,7 +47,9 @@ def _calibration_dict(db: Database, session: Session, codebook_id: int | None) -
             "k": row.options.get("k"), "retrieval": calibration_retrieval(row), "held_out": row.held_out,
             "images_then": row.images,
             "near_radius": row.metrics.get("radius"),
-            "cross_validated": row.metrics.get("variants", {}).get(row.options.get("variant"))}
+            "cross_validated": row.metrics.get("variants", {}).get(row.options.get("variant")),
+            # the camera queries resect with (None: the rule alone did better, or fitted before resection)
+            "resection": row.options.get("bearings")}
 
 
 def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:

@@ -119,6 +119,8 @@ def test_cli_calibrates_and_a_retrained_codebook_needs_a_new_calibration(wide_db
     assert shown["calibration"]["id"] == 1 and shown["calibration"]["held_out"] == 14
     assert shown["calibration"]["k"] in (3, 4) and shown["calibration"]["cross_validated"]["mae"] >= 0
     assert shown["calibration"]["retrieval"] == "fused"
+    assert "resection: " in result.output  # the camera chosen for resection, or why none
+    assert shown["calibration"]["resection"] is None or set(shown["calibration"]["resection"]) == {"fov", "axes"}
     # Fitted on fused shortlists: a query drawing its shortlist otherwise does not use it ...
     with Localizer(Layout.at(wide_db), QueryOptions(retrieval="vlad")) as localizer:
         assert localizer.calibration is None and localizer.ranked_by == "estimator best (database not calibrated)"
@@ -147,3 +149,55 @@ def test_a_calibration_recorded_before_votes_counts_as_fitted_on_vlad(wide_db: P
         assert localizer.calibration is not None and localizer.calibration.retrieval == "vlad"
     with Localizer(Layout.at(wide_db)) as localizer:
         assert localizer.calibration is None
+
+
+def test_calibration_chooses_the_camera_for_resection_on_held_out_places(wide_db: Path, wide_scene) -> None:
+    """Every field of view x map axes is cross-validated; one is kept only if it beats the rule
+    alone, queries then resect with it (and say so), and --no-resection answers with the rule."""
+    from query.calibrate import resection_variant
+    from query.position import BearingsConf
+
+    with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
+        result = calibrate(localizer, OPTIONS)
+    assert set(result.resection) == {resection_variant(BearingsConf(float(f), a))
+                                     for f in OPTIONS.fovs for a in ("y-up", "y-down")}
+    plain = result.metrics[variant(result.rule, result.k)]["mae"]
+    best = min(result.resection, key=lambda v: result.resection[v]["mae"])
+    if result.bearings is None:
+        assert result.resection[best]["mae"] >= plain
+    else:
+        assert resection_variant(result.bearings) == best and result.resection[best]["mae"] < plain
+        # the synthetic room's labels have y up, as on a map; mirrored axes must not be chosen
+        assert result.bearings.axes == "y-up"
+    query = first_query(wide_scene)
+    with Localizer(Layout.at(wide_db)) as localizer:
+        assert localizer.calibration.bearings == result.bearings
+        resected_location = localizer.locate(query)
+    with Localizer(Layout.at(wide_db), QueryOptions(resection=False)) as localizer:
+        assert "resection" not in localizer.ranked_by
+        plain_location = localizer.locate(query)
+    assert all(n.bearing is None for n in plain_location.neighbours) and not plain_location.resected
+    if result.bearings is not None:
+        assert "resection (field of view" in resected_location.ranked_by
+        if resected_location.resected:
+            assert sum(n.bearing is not None for n in resected_location.neighbours) >= 3
+            # resection searches within the near radius (each coordinate) of the rule's answer
+            assert abs(resected_location.x - plain_location.x) <= result.radius + 1e-9
+            assert abs(resected_location.y - plain_location.y) <= result.radius + 1e-9
+
+
+def test_a_calibration_recorded_before_resection_answers_with_its_rule(wide_db: Path) -> None:
+    import sqlite3
+
+    with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
+        calibrate(localizer, OPTIONS)
+    with sqlite3.connect(wide_db / "glueloc.sqlite") as connection:
+        connection.execute("update calibrations set options = json_remove(options, '$.bearings')")
+    with Localizer(Layout.at(wide_db)) as localizer:
+        assert localizer.calibration is not None and localizer.calibration.bearings is None
+        assert "resection" not in localizer.ranked_by
+    for damaged in ('{"fov": 70}', '{"fov": 70, "axes": "sideways"}', '{"fov": 190, "axes": "y-up"}'):
+        with sqlite3.connect(wide_db / "glueloc.sqlite") as connection:  # a damaged row is a clear error
+            connection.execute("update calibrations set options = json_set(options, '$.bearings', json(?))", (damaged,))
+        with pytest.raises(GluelocError, match="cannot be used"):
+            Localizer(Layout.at(wide_db))
