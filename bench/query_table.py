@@ -13,7 +13,10 @@ and row (a) is left out):
     glueloc evaluate query.csv --images query/ --db DB --json default.json
     glueloc evaluate query.csv --images query/ --db SIFT_DB --json sift.json
     python bench/query_table.py --seed seed/ --default default.json --sift sift.json \\
-        --labels ../shared/benchdata/getty/db.csv
+        --labels ../shared/benchdata/getty/db.csv [--before no-resection.json]
+
+(``--before``: the default database evaluated with ``--no-resection``; the table then
+also says how many answers resection moved and what it did to their errors.)
 """
 
 from __future__ import annotations
@@ -56,6 +59,17 @@ def analysis(records: dict, where: dict[str, tuple[float, float]]) -> None:
           f"(nearest db position: {nearest[chosen_near].mean():.2f})")
 
 
+def resection(before: dict, after: dict) -> None:
+    """What resection changed: the answers it moved, and their errors before and after."""
+    moved = [n for n in after if n in before and
+             abs(after[n]["predicted"][0] - before[n]["predicted"][0]) + abs(after[n]["predicted"][1] - before[n]["predicted"][1]) > 1e-9]
+    old = np.array([before[n]["error"] for n in moved])
+    new = np.array([after[n]["error"] for n in moved])
+    everything = np.array([before[n]["error"] for n in after if n in before])
+    print(f"resection: moved {len(moved)} of {len(after)} answers; on them mean error {old.mean():.2f} -> {new.mean():.2f} "
+          f"({(new < old).sum()} better, {(new > old).sum()} worse); MAE over all {everything.mean():.3f} without it")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=Path, help="bench/seed.py's output folder (without it, row (a) is not printed)")
@@ -63,6 +77,8 @@ def main() -> None:
     parser.add_argument("--default", type=Path, required=True, help="evaluate --json of the default database")
     parser.add_argument("--sift", type=Path, required=True, help="evaluate --json of a SIFT database")
     parser.add_argument("--labels", type=Path, required=True, help="the database's labels CSV (name,x,y)")
+    parser.add_argument("--before", type=Path,
+                        help="evaluate --json of the same database with --no-resection: what resection changed")
     args = parser.parse_args()
     with open(args.labels, newline="", encoding="utf-8-sig") as handle:
         where = {r["name"]: (float(r["x"]), float(r["y"])) for r in csv.DictReader(handle)}
@@ -96,6 +112,9 @@ def main() -> None:
 
     everything = sorted(default)
     analysis(default, where)
+    if args.before:
+        before = {r["name"]: r for r in json.loads(args.before.read_text())["queries"] if "true" in r}
+        resection(before, default)
     print(f"sample ({len(sample)} queries): {', '.join(sample)}")
     print("| method | queries | MAE | median | within 2 | > 20 units | median s/query |")
     print("|---|---|---|---|---|---|---|")
