@@ -172,7 +172,7 @@ def choose_bearings(samples: Sequence[HeldOut], probabilities: Sequence[np.ndarr
         for axes in MAP_AXES:
             errors = plain.copy()
             for i, (answer, seen, sample) in enumerate(zip(answers, seen_by, samples)):
-                solution = resect(seen, (answer.x, answer.y), radius, axes) if answer.verified else None
+                solution = resect(seen, (answer.x, answer.y), radius, axes)  # None: < 3 places (none if unverified)
                 if solution is not None:
                     errors[i] = abs(solution.x - sample.x) + abs(solution.y - sample.y)
             camera = BearingsConf(float(fov), axes)
@@ -197,6 +197,11 @@ def _labels(samples: Sequence[HeldOut], radius: float) -> list[np.ndarray]:
 
 def _design(samples: Sequence[HeldOut], radius: float, min_inliers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return [candidate_features(s.neighbours, radius, min_inliers) for s in samples], _labels(samples, radius)
+
+
+def rule_of(name: str) -> tuple[str, float]:
+    """The (rule, sharpness) a :data:`RULES` name stands for."""
+    return next((rule, sharpness) for n, rule, sharpness in RULES if n == name)
 
 
 def variant(rule_name: str, k: int) -> str:
@@ -253,8 +258,7 @@ def fit(samples: Sequence[HeldOut], radius: float, options: CalibrationOptions, 
     name, k = best.rsplit("@k", 1)
     features, labels = designs[int(k)]
     model = fit_model(np.concatenate(features), np.concatenate(labels), radius, min_inliers, options.l2)
-    rule, sharpness = next((r, s) for n, r, s in RULES if n == name)
-    bearings, resection = choose_bearings(*out_of_fold[int(k)], rule, sharpness, radius, options, min_inliers)
+    bearings, resection = choose_bearings(*out_of_fold[int(k)], *rule_of(name), radius, options, min_inliers)
     return model, int(k), name, metrics, confidences[best], bearings, resection
 
 
@@ -267,7 +271,7 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
     samples = hold_out(localizer, options, progress)
     model, k, chosen, metrics, confidence, bearings, resection = fit(samples, radius, options,
                                                                      localizer.options.min_inliers)
-    rule, sharpness = next((r, s) for n, r, s in RULES if n == chosen)
+    rule, sharpness = rule_of(chosen)
     seconds = float(np.median([s.seconds for s in samples]))
     calibration_id = None
     if write:

@@ -165,12 +165,9 @@ class Localizer:
             if self.options.estimator == AUTO:
                 logger.info("database not calibrated: ranking candidates by inliers alone (run `glueloc calibrate`)")
             return None
-        try:
-            model = RerankModel.from_json(row.model)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DatabaseError(f"calibration {row.id} cannot be used ({exc}): run `glueloc calibrate` again") from exc
         bearings = row.options.get("bearings")  # absent in calibrations from before resection
         try:
+            model = RerankModel.from_json(row.model)
             camera = None if not bearings else BearingsConf(float(bearings["fov"]), str(bearings["axes"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise DatabaseError(f"calibration {row.id} cannot be used ({exc}): run `glueloc calibrate` again") from exc
