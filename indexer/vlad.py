@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 
 from glueloc.config import merge_conf
+from glueloc.threads import single_threaded
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,14 @@ class VLADCodebook:
         return int(self.pca_matrix.shape[0]) if self.pca_matrix is not None else self.num_clusters * self.descriptor_dim
 
     def raw(self, descriptors: np.ndarray) -> np.ndarray:
-        """The VLAD vector before PCA: residual sums, intra-norm, signed sqrt, L2. Zeros if no descriptors."""
+        """The VLAD vector before PCA: residual sums, intra-norm, signed sqrt, L2. Zeros if no descriptors.
+
+        Single-threaded, like :meth:`project`: a vector must not depend on the core count.
+        """
+        with single_threaded():
+            return self._raw(descriptors)
+
+    def _raw(self, descriptors: np.ndarray) -> np.ndarray:
         k, d = self.centroids.shape
         if len(descriptors) == 0:
             return np.zeros(k * d, np.float32)
@@ -113,7 +121,8 @@ class VLADCodebook:
         raw = np.atleast_2d(raw).astype(np.float32)
         if self.pca_matrix is None:
             return unit_rows(raw)
-        projected = raw @ self.pca_matrix.T + self.pca_bias
+        with single_threaded():  # BLAS splits this product along its sum by thread count
+            projected = raw @ self.pca_matrix.T + self.pca_bias
         zero = ~raw.any(axis=1)  # an image without descriptors stays the zero vector
         projected[zero] = 0.0
         return unit_rows(projected).astype(np.float32)
@@ -131,8 +140,14 @@ def train_codebook(descriptor_sets: Iterable[np.ndarray], conf: Mapping[str, Any
     """Train centres (k-means) and PCA-whitening on the given images' descriptors.
 
     Returns the codebook, the number of images and of descriptors it was trained on.
-    The caller chooses which images (``conf["train_images"]`` of them, sampled).
+    The caller chooses which images (``conf["train_images"]`` of them, sampled). Training
+    runs single-threaded so the same images give the same codebook on any machine.
     """
+    with single_threaded():
+        return _train_codebook(descriptor_sets, conf)
+
+
+def _train_codebook(descriptor_sets: Iterable[np.ndarray], conf: Mapping[str, Any]) -> tuple[VLADCodebook, int, int]:
     rng = np.random.default_rng(int(conf["seed"]))
     sets = [np.asarray(s, dtype=np.float32) for s in descriptor_sets if len(s)]
     if not sets:

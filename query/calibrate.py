@@ -208,18 +208,41 @@ def variant(rule_name: str, k: int) -> str:
     return f"{rule_name}@k{k}"
 
 
+def stratified_folds(labels: Sequence[np.ndarray], folds: int) -> np.ndarray:
+    """The fold of each held-out place, dealt so that every training part can fit a model.
+
+    A fold's training part (all the other folds) needs right and wrong candidates. Dealing
+    places by index can leave every right candidate of a small database in one fold, and
+    the fit then fails for reasons of chance alone. So places are dealt round-robin in the
+    order *only right candidates*, *both*, *only wrong*: the places with a right candidate
+    form one run of consecutive deals, and so do those with a wrong one, and a run of two
+    or more places spans two folds, so leaving out any one fold keeps both kinds in
+    training. Only a sample with fewer than two places of either kind cannot be split;
+    that is too little evidence, and the error says so.
+    """
+    right = np.array([bool(np.any(y)) for y in labels])
+    wrong = np.array([bool(np.any(~np.asarray(y, bool))) for y in labels])
+    for kind, has in (("a candidate within the near radius", right), ("a candidate outside it", wrong)):
+        if has.sum() < 2:
+            raise GluelocError(f"only {int(has.sum())} held-out place(s) had {kind}; cross-validation needs two: "
+                               "hold out more places")
+    stratum = np.select([right & ~wrong, right & wrong, wrong], [0, 1, 2], 3)  # 3: no candidate, last
+    order = np.lexsort((np.arange(len(labels)), stratum))  # by stratum, then by place
+    assigned = np.empty(len(labels), int)
+    assigned[order] = np.arange(len(labels)) % max(2, min(folds, len(labels)))
+    return assigned
+
+
 def _cross_validate(samples: Sequence[HeldOut], radius: float, options: CalibrationOptions, min_inliers: int
                     ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Out-of-fold probabilities for every sample, plus the design they came from."""
     features, labels = _design(samples, radius, min_inliers)
-    folds = np.arange(len(samples)) % options.folds
+    folds = stratified_folds(labels, options.folds)
     probabilities: list[np.ndarray] = [np.zeros(0)] * len(samples)
-    for fold in range(options.folds):
+    for fold in np.unique(folds):
         train = folds != fold
         x = np.concatenate([f for f, t in zip(features, train) if t])
         y = np.concatenate([y for y, t in zip(labels, train) if t])
-        if y.all() or not y.any():
-            raise GluelocError("a cross-validation fold has only right or only wrong candidates; hold out more places")
         model = fit_model(x, y, radius, min_inliers, options.l2)
         for i in np.where(~train)[0]:
             probabilities[i] = model.predict(features[i])
@@ -279,7 +302,8 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
                                        "retrieval": localizer.options.retrieval,
                                        "variant": variant(chosen, k),
                                        "shortlists": list(options.shortlists),
-                                       "places": options.places, "folds": options.folds, "seed": options.seed,
+                                       "places": options.places, "folds": options.folds, "fold_assignment": "stratified",
+                                       "seed": options.seed,
                                        "l2": options.l2, "features": list(FEATURES),
                                        "bearings": None if bearings is None else {"fov": bearings.fov,
                                                                                    "axes": bearings.axes},

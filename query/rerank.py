@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from glueloc.threads import single_threaded
 from query.position import Neighbour
 
 logger = logging.getLogger(__name__)
@@ -134,5 +135,6 @@ def fit_model(x: np.ndarray, y: np.ndarray, radius: float, min_inliers: int, l2:
     mean = x.mean(0)
     scale = x.std(0)
     scale[scale < 1e-9] = 1.0  # a constant column carries no evidence; keep it finite
-    weights, bias = fit_logistic((x - mean) / scale, y.astype(float), l2)
+    with single_threaded():  # the same held-out evidence gives the same model on any machine
+        weights, bias = fit_logistic((x - mean) / scale, y.astype(float), l2)
     return RerankModel(FEATURES, mean, scale, weights, bias, radius, min_inliers)

@@ -18,6 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from glueloc.threads import single_threaded
 from storage.layout import TEMP_PREFIX, atomic_publish
 
 logger = logging.getLogger(__name__)
@@ -83,12 +84,15 @@ class VectorIndex:
         """Add vectors; returns the index to use from now on (a new HNSW one past ``exact_limit``)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if not self.approximate and self.count + len(ids) > exact_limit:
-            grown = VectorIndex.empty(self.dim, approximate=True)
-            grown.index.add_with_ids(self.vectors(), self.ids())
-            grown.index.add_with_ids(vectors, ids)
-            return grown
-        self.index.add_with_ids(vectors, ids)
+        # HNSW links inserted by parallel threads differ with the thread count; one thread
+        # makes the graph, and so every ranking through it, the same on any machine.
+        with single_threaded():
+            if not self.approximate and self.count + len(ids) > exact_limit:
+                grown = VectorIndex.empty(self.dim, approximate=True)
+                grown.index.add_with_ids(self.vectors(), self.ids())
+                grown.index.add_with_ids(vectors, ids)
+                return grown
+            self.index.add_with_ids(vectors, ids)
         return self
 
     def remove(self, ids: np.ndarray) -> "VectorIndex":

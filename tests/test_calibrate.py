@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from glueloc.cli import app
 from glueloc.errors import GluelocError
 from glueloc.synthetic import SyntheticDataset, write_dataset
-from query.calibrate import CalibrationOptions, calibrate, near_radius, variant
+from query.calibrate import CalibrationOptions, HeldOut, calibrate, near_radius, variant
 from query.localizer import Localizer, QueryOptions
 from storage.layout import Layout
 from storage.models import Calibration
@@ -201,3 +201,42 @@ def test_a_calibration_recorded_before_resection_answers_with_its_rule(wide_db: 
             connection.execute("update calibrations set options = json_set(options, '$.bearings', json(?))", (damaged,))
         with pytest.raises(GluelocError, match="cannot be used"):
             Localizer(Layout.at(wide_db))
+
+
+def one_sided_by_index(folds: int) -> list[np.ndarray]:
+    """Labels that dealing by index (place i -> fold i % folds) leaves one-sided: every right
+    candidate sits in places 0 and ``folds``, so fold 0's training part has none."""
+    labels = [np.array([False, False]) for _ in range(3 * folds)]
+    labels[0] = np.array([True, False])
+    labels[folds] = np.array([True, True])
+    return labels
+
+
+def test_folds_are_stratified_so_every_training_part_has_right_and_wrong_candidates() -> None:
+    from query.calibrate import stratified_folds
+
+    labels = one_sided_by_index(5)
+    by_index = np.arange(len(labels)) % 5
+    assert not np.concatenate([y for y, f in zip(labels, by_index) if f != 0]).any()  # the old failure
+    folds = stratified_folds(labels, 5)
+    assert set(folds.tolist()) == set(range(5))
+    for fold in range(5):
+        training = np.concatenate([y for y, f in zip(labels, folds) if f != fold])
+        assert training.any() and not training.all()
+    assert stratified_folds([np.array([True, False])] * 3, 5).max() == 2  # never more folds than places
+    with pytest.raises(GluelocError, match="only 1 held-out place"):
+        stratified_folds([np.array([True])] + [np.array([False])] * 9, 5)
+
+
+def test_calibration_fits_where_dealing_by_index_would_leave_a_fold_one_sided() -> None:
+    from query.calibrate import _cross_validate
+    from query.position import Neighbour
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, y in enumerate(one_sided_by_index(5)):
+        neighbours = [Neighbour(j, f"n{j}", float(i + (0 if right else 9)), 0.0, 0.5, 30, int(rng.integers(5, 40)), 0.5)
+                      for j, right in enumerate(y)]
+        samples.append(HeldOut(f"q{i}", float(i), 0.0, neighbours, 0.1))
+    _, labels, probabilities = _cross_validate(samples, 1.0, CalibrationOptions(), 4)
+    assert [p.shape for p in probabilities] == [y.shape for y in labels]
