@@ -7,7 +7,7 @@ neighbours into a position are cheap, so they can be compared on one evaluation 
     python bench/estimators.py eval.json --labels ../shared/benchdata/getty/db.csv
 
 Prints MAE (mean |dx| + |dy|), median, share within 2 units and gross failures (> 20
-units) for retrieval top-1 and each estimator of ``query.position`` with its default
+units) for retrieval top-1 and each estimator of ``query.estimators`` with its default
 thresholds (15 inliers, 5 units, top 3) — fixed by hand, not tuned on these queries.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from query.position import ESTIMATORS, Neighbour, estimate  # noqa: E402
+from glueloc.query.estimators import ESTIMATORS, estimate  # noqa: E402
+from glueloc.query.evidence import Neighbour  # noqa: E402
 
 def records_neighbours(record: dict, where: dict[str, tuple[float, float]]) -> list[Neighbour]:
     """The verified neighbours of one evaluated query, as the estimators take them."""

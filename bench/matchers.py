@@ -63,7 +63,7 @@ def read_labels(path: Path) -> dict[str, tuple[float, float]]:
 
 def build_pairs(data: Path, n_queries: int | None, per_pos: int, per_neg: int, seed: int) -> list[Pair]:
     db = read_labels(data / "db.csv")
-    queries = read_labels(data / "query.csv")
+    queries = read_labels(data / "glueloc.query.csv")
     names = sorted(db)
     xy = np.array([db[n] for n in names])
     rng = np.random.default_rng(seed)
@@ -113,12 +113,12 @@ def recall_at_fpr(positive: np.ndarray, negative: np.ndarray, fpr: float = 0.01)
 def run_one(name: str, pairs: list[Pair], data: Path, threads: int) -> Result:
     import torch
 
-    from glueloc.errors import GluelocError
-    from glueloc.extractors import load_extractor
-    from glueloc.images import load_image
-    from glueloc.matchers import load_matcher
-    from glueloc.pipelines import get_pipeline
-    from query.verify import verify_pair
+    from glueloc.core.errors import GluelocError
+    from glueloc.vision.extractors import load_extractor
+    from glueloc.vision.images import load_image
+    from glueloc.vision.matchers import load_matcher
+    from glueloc.vision.pipelines import get_pipeline
+    from glueloc.query.verify import verify_pair
 
     torch.set_num_threads(threads)
     positives = sum(p.positive for p in pairs)

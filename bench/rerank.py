@@ -27,16 +27,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from glueloc.extractors import Features  # noqa: E402
-from glueloc.images import load_image  # noqa: E402
-from indexer.labels import read_labels  # noqa: E402
-from query.calibrate import RULES  # noqa: E402
-from query.evaluate import confidence_metrics, error_metrics  # noqa: E402
-from query.localizer import Localizer, QueryOptions  # noqa: E402
-from query.position import Neighbour, estimate, estimate_ranked  # noqa: E402
-from query.retrieval import RETRIEVALS  # noqa: E402
-from query.verify import verify_pair  # noqa: E402
-from storage.layout import Layout  # noqa: E402
+from glueloc.vision.extractors import Features  # noqa: E402
+from glueloc.vision.images import load_image  # noqa: E402
+from glueloc.core.labels import read_labels  # noqa: E402
+from glueloc.query.calibrate import RULES  # noqa: E402
+from glueloc.query.evaluate import confidence_metrics, error_metrics  # noqa: E402
+from glueloc.query.localizer import Localizer, QueryOptions  # noqa: E402
+from glueloc.query.estimators import estimate  # noqa: E402
+from glueloc.query.evidence import Neighbour  # noqa: E402
+from glueloc.query.rules import estimate_ranked  # noqa: E402
+from glueloc.query.retrieval import RETRIEVALS  # noqa: E402
+from glueloc.query.verify import verify_pair  # noqa: E402
+from glueloc.storage.layout import Layout  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "benchdata" / "getty"
 
@@ -53,7 +55,7 @@ def timed_check(loc: Localizer, features: Features, image_id: int, similarity: f
 
 def collect(db: Path, data: Path, k_max: int, retrieval: str) -> list[dict]:
     """Per query: true position, stage seconds, and the top ``k_max`` candidates verified."""
-    rows = read_labels(data / "query.csv", data / "query")
+    rows = read_labels(data / "glueloc.query.csv", data / "query")
     out = []
     with Localizer(Layout.at(db), QueryOptions(k=k_max, estimator="best", retrieval=retrieval)) as loc:
         for n, row in enumerate(rows):
@@ -86,7 +88,7 @@ def collect_expansion(db: Path, data: Path, evidence: list[dict], k: int, radius
                       places: int = 3, per_place: int = 6) -> None:
     """Spatial expansion: around each of the top ``places`` hypotheses of the top-k, verify the
     ``per_place`` most similar db images within ``radius`` not verified yet (timed per pair)."""
-    rows = {r.name: r for r in read_labels(data / "query.csv", data / "query")}
+    rows = {r.name: r for r in read_labels(data / "glueloc.query.csv", data / "query")}
     with Localizer(Layout.at(db), QueryOptions(k=k, estimator="best")) as loc:
         ids = loc.index.ids()
         vectors = loc.index.vectors()

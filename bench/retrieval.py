@@ -33,17 +33,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from glueloc.extractors import Features, load_extractor  # noqa: E402
-from glueloc.images import load_image  # noqa: E402
-from glueloc.matchers import load_matcher  # noqa: E402
-from indexer.vlad import VLADCodebook, train_codebook, vlad_conf  # noqa: E402
-from query.retrieval import COLLAPSE_OVERFETCH, collapse_ranked  # noqa: E402
-from query.verify import verify_pair  # noqa: E402
-from storage.database import open_database  # noqa: E402
-from storage.features import FeatureReader  # noqa: E402
-from storage.layout import Layout  # noqa: E402
-from storage.models import FeatureShard, Image  # noqa: E402
-from storage.vectors import VectorIndex  # noqa: E402
+from glueloc.vision.extractors import Features, load_extractor  # noqa: E402
+from glueloc.vision.images import load_image  # noqa: E402
+from glueloc.vision.matchers import load_matcher  # noqa: E402
+from glueloc.vision.vlad import VLADCodebook, train_codebook, vlad_conf  # noqa: E402
+from glueloc.query.retrieval import COLLAPSE_OVERFETCH, collapse_ranked  # noqa: E402
+from glueloc.query.verify import verify_pair  # noqa: E402
+from glueloc.storage.database import open_database  # noqa: E402
+from glueloc.storage.features import FeatureReader  # noqa: E402
+from glueloc.storage.layout import Layout  # noqa: E402
+from glueloc.storage.models import FeatureShard, Image  # noqa: E402
+from glueloc.storage.vectors import VectorIndex  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "benchdata" / "getty"
 KS = (1, 5, 10, 20, 50)
@@ -145,7 +145,7 @@ def main() -> None:
         db_desc = [reader.descriptors(r[3], r[0]) for r in rows]
     print(f"read db descriptors in {time.perf_counter() - clock:.0f} s", flush=True)
 
-    queries = read_labels(args.data / "query.csv")
+    queries = read_labels(args.data / "glueloc.query.csv")
     q_names = sorted(queries)
     clock = time.perf_counter()
     q_feats: list[Features] = [extractor.extract(load_image(args.data / "query" / n).rgb) for n in q_names]
@@ -204,8 +204,8 @@ def main() -> None:
 
 def evaluate_database(database, state, rows, q_feats, near5, near2, positions) -> Row:  # type: ignore[no-untyped-def]
     """Search the database's own FAISS index with query vectors from its own codebook."""
-    from storage.globals import read_codebook
-    from storage.models import Codebook
+    from glueloc.storage.globals import read_codebook
+    from glueloc.storage.models import Codebook
 
     with database.session() as session:
         codebook_row = session.get(Codebook, state.codebook_id)
@@ -227,7 +227,7 @@ def evaluate_votes(db: Path, variant: str, q_feats: list[Features], near5: list[
                    near2: list[set[int]]) -> Row:
     """Rank by the database's descriptor votes, alone or in turns with its VLAD ranking,
     through the Localizer's own shortlist (and the vote index it builds when it opens)."""
-    from query.localizer import Localizer, QueryOptions
+    from glueloc.query.localizer import Localizer, QueryOptions
 
     retrieval = variant.removeprefix("database-")
     with Localizer(Layout.at(db), QueryOptions(k=max(KS), estimator="best", retrieval=retrieval)) as loc:

@@ -37,11 +37,11 @@ def sample_rows(rows: list, every: int) -> list:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from glueloc.images import load_image
-    from indexer.labels import read_labels
-    from query.verify import verify_pair
-    from query.localizer import Localizer
-    from storage.layout import Layout
+    from glueloc.vision.images import load_image
+    from glueloc.core.labels import read_labels
+    from glueloc.query.verify import verify_pair
+    from glueloc.query.localizer import Localizer
+    from glueloc.storage.layout import Layout
 
     torch.set_num_threads(args.threads)
     rows = sample_rows(read_labels(args.queries, args.images), args.every)
@@ -83,7 +83,7 @@ def seed_answer(record: dict, key: str = "matches") -> tuple[float, float]:
 
 
 def report(args: argparse.Namespace) -> None:
-    from indexer.labels import read_labels
+    from glueloc.core.labels import read_labels
 
     rows = sample_rows(read_labels(args.queries, args.images), args.every)
     records = [json.loads((args.out / f"{r.name}.json").read_text()) for r in rows

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from glueloc.extractors.base import Features  # noqa: E402
-from glueloc.images import load_image  # noqa: E402
-from indexer.labels import read_labels  # noqa: E402
-from query.localizer import Localizer  # noqa: E402
-from query.verify import ransac_inliers  # noqa: E402
-from storage.layout import Layout  # noqa: E402
+from glueloc.vision.extractors.base import Features  # noqa: E402
+from glueloc.vision.images import load_image  # noqa: E402
+from glueloc.core.labels import read_labels  # noqa: E402
+from glueloc.query.localizer import Localizer  # noqa: E402
+from glueloc.query.verify import ransac_inliers  # noqa: E402
+from glueloc.storage.layout import Layout  # noqa: E402
 
 LENGTHS = (1, 5, 10, 20, 50, 100)
 CHEAP_LENGTHS = (10, 20, 50)

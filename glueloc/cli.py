@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from glueloc.errors import GluelocError
-from storage.layout import Layout
-from storage.vectors import DEFAULT_EXACT_LIMIT
+from glueloc.core.errors import GluelocError
+from glueloc.storage.layout import Layout
+from glueloc.storage.vectors import DEFAULT_EXACT_LIMIT
 
 if TYPE_CHECKING:
-    from query.calibrate import CalibrationResult
-    from query.localizer import QueryOptions
+    from glueloc.query.calibrate import CalibrationResult
+    from glueloc.query.localizer import QueryOptions
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def user_errors(func: F) -> F:
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM stops a writing command the same clean way as Ctrl-C, also when the CLI is
     called without ``glueloc.entry`` (which already does this for the whole process)."""
-    from glueloc.entry import interrupt
+    from glueloc.signals import interrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -84,8 +84,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _query_options(k: int | None, collapse: bool, estimator: str, retrieval: str,
                    resection: bool = True) -> "QueryOptions":
-    from query.localizer import AUTO, CALIBRATED, QueryOptions
-    from query.position import ESTIMATORS
+    from glueloc.query.decide import AUTO, CALIBRATED
+    from glueloc.query.localizer import QueryOptions
+    from glueloc.query.estimators import ESTIMATORS
 
     known = (AUTO, CALIBRATED, *ESTIMATORS)
     if estimator not in known:
@@ -123,8 +124,8 @@ def index(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Add the labelled images of LABELS to the database (skipping those already indexed)."""
-    from indexer.labels import read_labels
-    from indexer.pipeline import IndexOptions, IndexRunner
+    from glueloc.core.labels import read_labels
+    from glueloc.indexer.pipeline import IndexOptions, IndexRunner
 
     rows = read_labels(labels, images)
     conf = {k: v for k, v in (("max_side", max_side), ("max_keypoints", max_keypoints)) if v is not None}
@@ -170,7 +171,7 @@ def reindex(
     exact_limit: Annotated[int, typer.Option(min=0, help="FAISS search stays exact up to this many images, then HNSW.")] = DEFAULT_EXACT_LIMIT,
 ) -> None:
     """Rebuild every global vector and the FAISS index (with --retrain: from a new codebook)."""
-    from indexer.reindex import reindex as run_reindex
+    from glueloc.indexer.reindex import reindex as run_reindex
 
     overrides = {k: v for k, v in (("num_clusters", clusters), ("pca_dim", pca_dim), ("assignment", assignment),
                                    ("train_images", train_images)) if v is not None}
@@ -192,11 +193,12 @@ def audit(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check that SQLite, HDF5 and FAISS agree. Exit 0 when clean, 1 otherwise."""
-    from storage import audit as audit_mod
+    from glueloc.indexer.repair import repair as run_repair
+    from glueloc.storage import audit as audit_mod
 
     layout = Layout.at(db)
     if repair:
-        for action in audit_mod.repair(layout):
+        for action in run_repair(layout):
             typer.echo(f"repair: {action}")
     report = audit_mod.audit(layout, deep=deep)
     if json_out:
@@ -219,8 +221,8 @@ def inspect(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show what the database holds (or one image's record)."""
-    from storage import inspect as inspect_mod
-    from storage.database import open_database
+    from glueloc.storage import inspect as inspect_mod
+    from glueloc.storage.database import open_database
 
     database = open_database(Layout.at(db))
     try:
@@ -244,7 +246,7 @@ def inspect(
 @user_errors
 def db_upgrade(db: DbOption = DEFAULT_DB) -> None:
     """Create the database schema, or bring it to the latest revision."""
-    from storage.database import upgrade
+    from glueloc.storage.database import upgrade
 
     before, after = upgrade(Layout.at(db))
     typer.echo(f"schema {before or '(empty)'} -> {after}" if before != after else f"schema already at {after}")
@@ -254,7 +256,7 @@ def db_upgrade(db: DbOption = DEFAULT_DB) -> None:
 @user_errors
 def db_current(db: DbOption = DEFAULT_DB) -> None:
     """Print the database's schema revision and the one this glueloc expects."""
-    from storage.database import current_revision, head_revision, make_engine
+    from glueloc.storage.database import current_revision, head_revision, make_engine
 
     layout = Layout.at(db)
     if layout.sqlite_path is not None and not layout.sqlite_path.exists():
@@ -285,14 +287,15 @@ def query(
 
     import numpy as np
 
+    from glueloc.pictures import match_picture
+    from glueloc.query.localizer import Localizer
     from glueloc.viz import draw_map, save_rgb
-    from query.localizer import Localizer
 
     with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer:
         result = localizer.locate(image)
         if viz is not None and result.neighbours:
             best = result.used[0] if result.used else max(result.neighbours, key=lambda n: n.inliers)
-            save_rgb(viz, localizer.match_picture(image, best))
+            save_rgb(viz, match_picture(localizer, image, best))
         if map_png is not None:
             db_xy = np.array([(i.x, i.y) for i in localizer.images.values()])
             estimate = (result.x, result.y) if result.x is not None else None
@@ -333,9 +336,9 @@ def calibrate(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Fit how queries rank candidates and state confidence, on the database's own held-out places."""
-    from query.calibrate import CalibrationOptions, variant
-    from query.calibrate import calibrate as run_calibration
-    from query.localizer import Localizer
+    from glueloc.query.calibrate import CalibrationOptions, variant
+    from glueloc.query.calibrate import calibrate as run_calibration
+    from glueloc.query.localizer import Localizer
 
     options = CalibrationOptions(places=places, seed=seed, **({"shortlists": tuple(sorted(set(k)))} if k else {}))
     with Localizer(Layout.at(db), _query_options(options.k_max, False, "best", retrieval)) as localizer, \
@@ -367,7 +370,7 @@ def calibrate(
 
 def _resection_line(result: "CalibrationResult") -> str:
     """One line: the camera calibration chose for resection, or why it chose none."""
-    from query.calibrate import resection_variant, variant
+    from glueloc.query.calibrate import resection_variant, variant
 
     plain = result.metrics[variant(result.rule, result.k)]["mae"]
     if not result.resection:
@@ -391,8 +394,8 @@ def match(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Match two images and count RANSAC inliers (optionally draw them)."""
-    from glueloc.pipelines import get_pipeline
-    from query.pair import match_files
+    from glueloc.vision.pipelines import get_pipeline
+    from glueloc.query.pair import match_files
 
     if geometry not in ("fundamental", "homography"):
         raise GluelocError(f"unknown geometry {geometry!r} (fundamental or homography)")
@@ -440,9 +443,9 @@ def evaluate(
     import numpy as np
 
     from glueloc.viz import draw_errors, save_rgb
-    from indexer.labels import read_labels
-    from query.evaluate import evaluate as run_evaluation
-    from query.localizer import Localizer
+    from glueloc.core.labels import read_labels
+    from glueloc.query.evaluate import evaluate as run_evaluation
+    from glueloc.query.localizer import Localizer
 
     rows = read_labels(labels, images)
     with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer, _progress(progress) as bar:
@@ -472,8 +475,8 @@ def predict(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Locate every image in FOLDER into a CSV; run again to resume after an interruption."""
-    from query.localizer import Localizer
-    from query.predict import list_images, predict_folder
+    from glueloc.query.localizer import Localizer
+    from glueloc.query.predict import list_images, predict_folder
 
     total = len(list_images(folder))
     with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer, _progress(progress) as bar:
@@ -496,10 +499,10 @@ def demo(
 ) -> None:
     """Render a synthetic room, index it, calibrate it, locate held-out views and print the error."""
     from glueloc.synthetic import write_dataset
-    from indexer.labels import read_labels
-    from indexer.pipeline import IndexOptions, IndexRunner
-    from query.evaluate import evaluate as run_evaluation
-    from query.localizer import Localizer
+    from glueloc.core.labels import read_labels
+    from glueloc.indexer.pipeline import IndexOptions, IndexRunner
+    from glueloc.query.evaluate import evaluate as run_evaluation
+    from glueloc.query.localizer import Localizer
 
     data = write_dataset(workdir / "scene", n_places=places, n_queries=queries, seed=seed)
     typer.echo(f"rendered {data.labels_csv} and {data.queries_csv}")
@@ -508,12 +511,12 @@ def demo(
     summary = IndexRunner(layout, IndexOptions()).run(rows, data.images_dir, {"demo": str(workdir)})
     typer.echo(f"indexed: added {summary.added}, skipped {summary.skipped}, rejected {summary.rejected} "
                f"({summary.images_per_second:.1f} images/s)")
-    from storage.audit import audit as run_audit
+    from glueloc.storage.audit import audit as run_audit
 
     report = run_audit(layout)
     typer.echo(f"audit: {'clean' if report.clean else [f.message for f in report.errors]}")
-    from query.calibrate import MIN_PLACES, CalibrationOptions, variant
-    from query.calibrate import calibrate as run_calibration
+    from glueloc.query.calibrate import MIN_PLACES, CalibrationOptions, variant
+    from glueloc.query.calibrate import calibrate as run_calibration
 
     if places >= MIN_PLACES:
         options = CalibrationOptions(places=places)

@@ -21,14 +21,11 @@ def _quiet_exit(signum: int, frame: FrameType | None) -> None:
     os._exit(128 + signum)
 
 
-def interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     signal.signal(signal.SIGINT, _quiet_exit)
     signal.signal(signal.SIGTERM, _quiet_exit)
     from glueloc.cli import run
+    from glueloc.signals import interrupt
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)

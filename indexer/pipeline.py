@@ -38,23 +38,23 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-import glueloc
-from glueloc.errors import BadImageError, DatabaseError, StorageWriteError
-from glueloc.extractors import Extractor, load_extractor
-from glueloc.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image, sha256_file
-from glueloc.matchers import load_matcher
-from glueloc.pipelines import get_pipeline
-from indexer import vlad
-from indexer.labels import LabelRow
-from indexer.reindex import rebuild_global_vectors
-from storage.database import Database, open_database
-from storage.features import ShardEntry, write_shard
-from storage.garbage import collect_garbage
-from storage.globals import read_codebook, write_vectors
-from storage.layout import Layout
-from storage.lock import WriterLock
-from storage.models import Codebook, CoordinateChange, FeatureShard, Image, IndexRun, Rejection, StoreState, VectorShard, utcnow
-from storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
+from glueloc.core.version import __version__
+from glueloc.core.errors import BadImageError, DatabaseError, StorageWriteError
+from glueloc.vision.extractors import Extractor, load_extractor
+from glueloc.vision.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image, sha256_file
+from glueloc.vision.matchers import load_matcher
+from glueloc.vision.pipelines import get_pipeline
+from glueloc.vision import vlad
+from glueloc.core.labels import LabelRow
+from glueloc.indexer.reindex import rebuild_global_vectors
+from glueloc.storage.database import Database, open_database
+from glueloc.storage.features import ShardEntry, write_shard
+from glueloc.storage.garbage import collect_garbage
+from glueloc.storage.globals import read_codebook, write_vectors
+from glueloc.storage.layout import Layout
+from glueloc.storage.lock import WriterLock
+from glueloc.storage.models import Codebook, CoordinateChange, FeatureShard, Image, IndexRun, Rejection, StoreState, VectorShard, utcnow
+from glueloc.storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class IndexRunner:
                 arguments=arguments,
                 images_dir=str(images_dir.resolve()),
                 outcome="running",
-                glueloc_version=glueloc.__version__,
+                glueloc_version=__version__,
             )
             session.add(run)
         if removed:

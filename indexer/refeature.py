@@ -19,13 +19,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from glueloc.errors import BadImageError
-from glueloc.extractors import load_recorded_extractor
-from glueloc.images import load_image
-from storage.audit import shard_findings
-from storage.database import Database
-from storage.features import ShardEntry, write_shard
-from storage.models import FeatureShard, Image, IndexRun
+from glueloc.core.errors import BadImageError
+from glueloc.vision.extractors import load_recorded_extractor
+from glueloc.vision.images import load_image
+from glueloc.storage.audit import shard_findings
+from glueloc.storage.database import Database
+from glueloc.storage.features import ShardEntry, write_shard
+from glueloc.storage.models import FeatureShard, Image, IndexRun
 
 logger = logging.getLogger(__name__)
 

@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, select, update
 
-import glueloc
-from glueloc.errors import DatabaseError
-from indexer import vlad
-from storage.database import Database, open_database
-from storage.garbage import collect_garbage
-from storage.layout import Layout
-from storage.lock import WriterLock
-from storage.features import FeatureReader
-from storage.globals import read_codebook, write_codebook, write_vectors
-from storage.models import Codebook, FeatureShard, Image, IndexRun, StoreState, VectorShard, utcnow
-from storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
+from glueloc.core.version import __version__
+from glueloc.core.errors import DatabaseError
+from glueloc.vision import vlad
+from glueloc.storage.database import Database, open_database
+from glueloc.storage.garbage import collect_garbage
+from glueloc.storage.layout import Layout
+from glueloc.storage.lock import WriterLock
+from glueloc.storage.features import FeatureReader
+from glueloc.storage.globals import read_codebook, write_codebook, write_vectors
+from glueloc.storage.models import Codebook, FeatureShard, Image, IndexRun, StoreState, VectorShard, utcnow
+from glueloc.storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def reindex(layout: Layout, retrain: bool, conf_overrides: dict[str, Any] | None
             with db.session() as session, session.begin():
                 collect_garbage(db, session)
                 run = IndexRun(command="reindex", arguments={"retrain": retrain, "conf": conf_overrides or {}},
-                               outcome="running", glueloc_version=glueloc.__version__)
+                               outcome="running", glueloc_version=__version__)
                 session.add(run)
             outcome, message = "failed", None
             try:

@@ -7,3 +7,6 @@
 * ``localizer`` — the query path joined up (the Python API behind ``glueloc query``).
 * ``evaluate``  — error metrics over a labelled query set.
 """
+
+if __name__ != "glueloc.query":  # the folder is not a top-level package: one name, one copy of each module
+    raise ImportError(f"import glueloc.query, not {__name__}: this folder installs under the glueloc package")

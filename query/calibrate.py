@@ -13,7 +13,7 @@ From the held-out sample:
    points: a candidate that close counts as "the right place" (no unit is assumed);
 2. a logistic **re-ranking model** (query.rerank) of P(candidate within the near radius);
 3. the **shortlist length** k and the **rule** that turns probabilities into a position
-   (query.position.estimate_ranked), chosen together by cross-validated MAE over folds
+   (query.rules.estimate_ranked), chosen together by cross-validated MAE over folds
    of held-out places, so every choice is measured on held-out places and none on the
    queries a user will later evaluate. The places are queried once with the longest k;
    a shorter k uses the first k candidates, exactly what a query with that k verifies;
@@ -36,15 +36,17 @@ from typing import Any
 
 import numpy as np
 
-import glueloc
-from glueloc.errors import GluelocError
-from query.bearings import InlierPoints
-from query.evaluate import confidence_metrics, error_metrics
-from query.localizer import Localizer
-from query.position import BearingsConf, Neighbour, estimate_ranked, sightings
-from query.resection import MAP_AXES, resect
-from query.rerank import FEATURES, KIND, RerankModel, candidate_features, fit_model
-from storage.models import Calibration
+from glueloc.core.version import __version__
+from glueloc.core.errors import GluelocError
+from glueloc.query.bearings import InlierPoints
+from glueloc.query.evaluate import confidence_metrics, error_metrics
+from glueloc.query.localizer import Localizer
+from glueloc.query.evidence import Neighbour
+from glueloc.query.rules import estimate_ranked
+from glueloc.query.sightings import BearingsConf, sightings
+from glueloc.query.resection import MAP_AXES, resect
+from glueloc.query.rerank import FEATURES, KIND, RerankModel, candidate_features, fit_model
+from glueloc.storage.models import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +315,7 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
                               metrics={"variants": metrics, "confidence": confidence, "radius": radius,
                                        "resection": resection},
                               held_out=len(samples), images=len(localizer.images),
-                              codebook_id=localizer.state.codebook_id, glueloc_version=glueloc.__version__)
+                              codebook_id=localizer.state.codebook_id, glueloc_version=__version__)
             session.add(row)
             session.flush()
             calibration_id = row.id

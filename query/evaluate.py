@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glueloc.errors import BadImageError
-from indexer.labels import LabelRow
-from query.localizer import Location, Localizer
+from glueloc.core.errors import BadImageError
+from glueloc.core.labels import LabelRow
+from glueloc.query.localizer import Location, Localizer
 
 logger = logging.getLogger(__name__)
 

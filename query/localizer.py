@@ -1,63 +1,45 @@
 """The query path joined up: ``Localizer(layout).locate(path)``.
 
-A Localizer takes one consistent snapshot of the database when it opens (the store
-state, the image rows and the FAISS file they name, read in one transaction), so a
-query running beside an index run answers only from images committed before it began.
-It also builds the descriptor-vote index of exactly those images then (query.votes;
-about 8 s for Getty's 4500 images on 2 cores, paid once per Localizer, so ``evaluate``
-and ``predict`` pay it once and a single ``glueloc query`` pays it every time —
-``--retrieval vlad`` skips it).
+The path of one query, each step in its own module:
+extract (vision) -> shortlist (VLAD and descriptor votes in turns, query.retrieval)
+-> verify (matcher + RANSAC, query.verify) -> decide (the calibrated rule or an
+uncalibrated estimator, then resection when the calibration fitted a camera,
+query.decide).
 
-The path of one query: extract -> shortlist (VLAD and descriptor votes in turns,
-query.retrieval) -> verify (matcher + RANSAC, query.verify) -> decide (the calibrated
-rule, or an uncalibrated estimator, query.position) -> resect (when the calibration
-fitted a camera: the directions in which the query sees its neighbours place it within
-the chosen place, query.bearings and query.resection).
+A Localizer answers from one snapshot of the database taken when it opens
+(query.snapshot), so a query beside an index run sees only images committed before it
+began. It also builds the descriptor-vote index of exactly those images then
+(query.votes; about 8 s for Getty's 4500 images on 2 cores, paid once per Localizer, so
+``evaluate`` and ``predict`` pay it once and a single ``glueloc query`` pays it every time
+— ``--retrieval vlad`` skips it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from sqlalchemy import select
 
 import numpy as np
 
-from glueloc.errors import DatabaseError, GluelocError
-from glueloc.extractors import Features, load_recorded_extractor
-from glueloc.images import DEFAULT_MAX_PIXELS, load_image
-from glueloc.matchers import load_matcher
-from query.bearings import InlierPoints
-from query.position import BearingsConf, Estimate, Neighbour, estimate, estimate_ranked, resected
-from query.rerank import RerankModel
-from query.retrieval import FUSED, RETRIEVALS, VLAD, VOTES, Candidate, collapse_ranked, interleave, retrieve
-from query.votes import DescriptorVotes, ranked
-from query.verify import verify_candidates, verify_pair
-from storage.database import calibration_retrieval, open_database
-from storage.features import FeatureReader
-from storage.layout import Layout
-from storage.globals import read_codebook
-from storage.models import Calibration, Codebook, FeatureShard, Image, IndexRun
-from storage.vectors import VectorIndex
+from glueloc.core.errors import GluelocError
+from glueloc.query.bearings import InlierPoints
+from glueloc.query.decide import AUTO, CALIBRATED, Decision, calibration_in_use
+from glueloc.query.estimators import ESTIMATORS
+from glueloc.query.evidence import Estimate, Neighbour
+from glueloc.query.retrieval import FUSED, RETRIEVALS, VLAD, VOTES, Candidate, collapse_ranked, interleave, retrieve
+from glueloc.query.snapshot import open_snapshot
+from glueloc.query.verify import verify_candidates
+from glueloc.query.votes import DescriptorVotes, ranked
+from glueloc.storage.database import open_database
+from glueloc.storage.features import FeatureReader
+from glueloc.storage.layout import Layout
+from glueloc.vision.extractors import Features, load_recorded_extractor
+from glueloc.vision.images import DEFAULT_MAX_PIXELS, load_image
+from glueloc.vision.matchers import load_matcher
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DbImage:
-    id: int
-    name: str
-    x: float
-    y: float
-    shard: str
-    images_dir: str | None  # where its index run found the file (for pictures)
-
-    @property
-    def path(self) -> Path | None:
-        return Path(self.images_dir) / self.name if self.images_dir else None
 
 
 @dataclass
@@ -68,7 +50,7 @@ class Location:
     x: float | None
     y: float | None
     confidence: float
-    uncertainty: float | None  # spread of the agreeing evidence, position units (query.position)
+    uncertainty: float | None  # spread of the agreeing evidence, position units (query.evidence)
     verified: bool
     candidates: list[tuple[str, float, int]]  # retrieved shortlist: (db name, similarity, descriptor votes)
     neighbours: list[Neighbour]  # every candidate verified, with its inliers
@@ -79,30 +61,11 @@ class Location:
 
 
 @dataclass(frozen=True)
-class CalibrationInUse:
-    """The database's calibration of its current codebook (``glueloc calibrate``)."""
-
-    id: int
-    model: RerankModel
-    retrieval: str  # the shortlist it was fitted on (query.retrieval.RETRIEVALS)
-    rule: str  # query.position.RANKED_RULES
-    sharpness: float
-    k: int  # the shortlist length it was fitted with
-    bearings: BearingsConf | None = None  # the camera for resection, when held-out places said it helps
-
-
-#: ``auto`` uses the database's calibration when it has one for its current codebook,
-#: and the uncalibrated ``best`` (most inliers) otherwise.
-AUTO = "auto"
-CALIBRATED = "calibrated"
-
-
-@dataclass(frozen=True)
 class QueryOptions:
     k: int | None = None  # candidates retrieved and verified; None: the calibration's k, else 10
     collapse: bool = False  # keep one image per capture position in the shortlist
     min_inliers: int = 15  # fewer RANSAC inliers do not count as verified
-    estimator: str = AUTO  # auto, calibrated, or best / weighted-mean / cluster (query.position)
+    estimator: str = AUTO  # auto, calibrated, or best / weighted-mean / cluster (query.decide)
     retrieval: str = FUSED  # fused (VLAD and descriptor votes in turns), vlad or votes (query.retrieval)
     geometry: str = "fundamental"  # or "homography"
     resection: bool = True  # place the query by resection when the calibration fitted a camera for it
@@ -114,65 +77,36 @@ class Localizer:
         self.options = options or QueryOptions()
         if self.options.retrieval not in RETRIEVALS:
             raise GluelocError(f"unknown retrieval {self.options.retrieval!r} ({', '.join(RETRIEVALS)})")
+        if self.options.estimator not in (AUTO, CALIBRATED, *ESTIMATORS):
+            raise GluelocError(f"unknown estimator {self.options.estimator!r}")
         self.db = open_database(layout)
-        self._snapshot()
+        try:
+            snapshot = open_snapshot(self.db, self.options.retrieval)
+            self.state, self.codebook, self.index, self.images = (snapshot.state, snapshot.codebook,
+                                                                  snapshot.index, snapshot.images)
+            self.positions = snapshot.positions
+            self.calibration = calibration_in_use(snapshot.calibration, self.options.estimator, layout.root)
+            self.decision = Decision(self.options.estimator, self.calibration, self.options.min_inliers,
+                                     self.options.resection)
+            if self.decision.uncalibrated:
+                logger.info("database not calibrated: ranking candidates by inliers alone (run `glueloc calibrate`)")
+            self.extractor = load_recorded_extractor(self.state.extractor, self.state.extractor_version,
+                                                     self.state.extractor_config)
+            self.matcher = load_matcher(self.state.matcher, self.state.matcher_config)
+        except BaseException:
+            self.db.close()
+            raise
         self.reader = FeatureReader(layout.features_dir)
         self.votes: DescriptorVotes | None = None
         if self.options.retrieval != VLAD:
             # Exactly the snapshot's images, read from their immutable shards (query.votes).
-            self.votes = DescriptorVotes.build(
-                self.reader, ((i.id, i.shard, i.name) for i in sorted(self.images.values(), key=lambda i: i.id)),
-                self.codebook.centroids)
-
-    def _snapshot(self, attempts: int = 3) -> None:
-        for _ in range(attempts):
-            with self.db.session() as session, session.begin():
-                state = self.db.state(session)
-                if state is None or state.faiss_file is None:
-                    raise DatabaseError(f"database {self.db.layout.root} holds no indexed images")
-                if state.codebook_id is None:
-                    raise DatabaseError(f"database {self.db.layout.root} has no trained codebook: run `glueloc reindex --retrain`")
-                codebook_row = session.get(Codebook, state.codebook_id)
-                calibration_row = self.db.calibration(session, state.codebook_id, self.options.retrieval)
-                rows = session.execute(
-                    select(Image.id, Image.name, Image.x, Image.y, FeatureShard.filename, IndexRun.images_dir)
-                    .join(FeatureShard, Image.shard_id == FeatureShard.id).join(IndexRun, Image.run_id == IndexRun.id)
-                ).all()
-                try:
-                    self.index = VectorIndex.load(self.db.layout.vectors_dir / state.faiss_file)
-                except RuntimeError:
-                    continue  # a writer replaced the file between our read and open: read again
-            self.state = state
-            self.codebook = read_codebook(self.db.layout.vectors_dir / codebook_row.filename)
-            self.images = {r[0]: DbImage(*r) for r in rows}
-            self.positions = {i: (image.x, image.y) for i, image in self.images.items()}
-            if self.index.count != len(self.images):
-                raise DatabaseError(
-                    f"FAISS holds {self.index.count} vectors for {len(self.images)} images: run `glueloc audit`"
-                )
-            self.calibration = self._calibration(calibration_row)
-            self.extractor = load_recorded_extractor(state.extractor, state.extractor_version, state.extractor_config)
-            self.matcher = load_matcher(state.matcher, state.matcher_config)
-            return
-        raise DatabaseError("the FAISS index kept changing while opening; try again")
-
-    def _calibration(self, row: Calibration | None) -> CalibrationInUse | None:
-        """What the snapshot's calibration row means for this localizer's options."""
-        if row is None:
-            if self.options.estimator == CALIBRATED:
-                raise DatabaseError(f"database {self.db.layout.root} has no calibration of its current codebook: "
-                                    "run `glueloc calibrate`")
-            if self.options.estimator == AUTO:
-                logger.info("database not calibrated: ranking candidates by inliers alone (run `glueloc calibrate`)")
-            return None
-        bearings = row.options.get("bearings")  # absent in calibrations from before resection
-        try:
-            model = RerankModel.from_json(row.model)
-            camera = None if not bearings else BearingsConf(float(bearings["fov"]), str(bearings["axes"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DatabaseError(f"calibration {row.id} cannot be used ({exc}): run `glueloc calibrate` again") from exc
-        return CalibrationInUse(row.id, model, calibration_retrieval(row), str(row.options["rule"]),
-                                float(row.options["sharpness"]), int(row.options["k"]), camera)
+            try:
+                self.votes = DescriptorVotes.build(
+                    self.reader, ((i.id, i.shard, i.name) for i in sorted(self.images.values(), key=lambda i: i.id)),
+                    self.codebook.centroids)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def k(self) -> int:
@@ -279,66 +213,12 @@ class Localizer:
 
     @property
     def ranked_by(self) -> str:
-        if self._uses_calibration:
-            c = self.calibration
-            placed = (f" + resection (field of view {c.bearings.fov:g} deg, {c.bearings.axes})"
-                      if self._resects else "")
-            return f"calibration {c.id} (rule {c.rule}, p^{c.sharpness:g}){placed}"
-        if self.options.estimator == AUTO:
-            return "estimator best (database not calibrated)"
-        return f"estimator {self.options.estimator}"
-
-    @property
-    def _uses_calibration(self) -> bool:
-        return self.calibration is not None and self.options.estimator in (AUTO, CALIBRATED)
-
-    @property
-    def _resects(self) -> bool:
-        return self._uses_calibration and self.options.resection and self.calibration.bearings is not None
-
-    @property
-    def _estimator(self) -> str:
-        """The uncalibrated estimator in use (``auto`` without a calibration means ``best``)."""
-        return "best" if self.options.estimator == AUTO else self.options.estimator
+        return self.decision.ranked_by
 
     def decide(self, neighbours: list[Neighbour], pairs: list[InlierPoints] | None = None
                ) -> tuple[Estimate | None, list[Neighbour], bool]:
-        """Verified neighbours -> position, by the calibration or by the chosen estimator,
-        then (calibration with a camera, and ``pairs`` given) resection within the chosen place.
-
-        Also returns the neighbours, carrying their calibrated probabilities and bearings when
-        there are some, and whether resection placed the answer.
-        """
-        if not self._uses_calibration:
-            return estimate(neighbours, self._estimator, self.options.min_inliers), neighbours, False
-        calibration = self.calibration
-        probabilities = calibration.model.probabilities(neighbours)
-        neighbours = [replace(n, probability=round(float(p), 4)) for n, p in zip(neighbours, probabilities)]
-        answer = estimate_ranked(neighbours, probabilities, calibration.rule, calibration.sharpness,
-                                 calibration.model.radius, self.options.min_inliers)
-        placed = False
-        if answer is not None and pairs is not None and self._resects:
-            answer, neighbours, placed = resected(answer, neighbours, pairs, calibration.bearings,
-                                                  calibration.model.radius, self.options.min_inliers)
-        return answer, neighbours, placed
-
-    def match_picture(self, path: Path, neighbour: Neighbour) -> np.ndarray:
-        """The query and one neighbour side by side with their matches (for ``query --viz``)."""
-        from glueloc.viz import draw_matches
-
-        db_image = self.images[neighbour.image_id]
-        if db_image.path is None or not db_image.path.is_file():
-            raise GluelocError(f"{db_image.name}: the database image is no longer at {db_image.path}; cannot draw it")
-        query = load_image(path, self.options.max_pixels)
-        other = load_image(db_image.path, self.options.max_pixels)
-        features = self.extractor.extract(query.rgb)
-        db_features = self.reader.features(db_image.shard, db_image.name)
-        check = verify_pair(features, db_features, self.matcher, self.options.geometry)
-        pairs = check.correspondences
-        text = [f"{path.name} | {db_image.name} ({db_image.x:.2f}, {db_image.y:.2f})",
-                f"{check.matches} matches, {check.inliers} inliers"]
-        return draw_matches(query.rgb, other.rgb, features.keypoints[pairs.indices[:, 0]],
-                            db_features.keypoints[pairs.indices[:, 1]], pairs.scores, check.inlier_mask, text)
+        """Verified neighbours -> the answer (query.decide.Decision.decide)."""
+        return self.decision.decide(neighbours, pairs)
 
     def close(self) -> None:
         self.reader.close()

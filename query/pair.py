@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from glueloc.extractors import Features, load_extractor
-from glueloc.images import DecodedImage, load_image
-from glueloc.matchers import Matches, load_matcher
-from glueloc.pipelines import Pipeline
-from query.verify import Verification, ransac_inliers
+from glueloc.vision.extractors import Features, load_extractor
+from glueloc.vision.images import DecodedImage, load_image
+from glueloc.vision.matchers import Matches, load_matcher
+from glueloc.vision.pipelines import Pipeline
+from glueloc.query.verify import Verification, ransac_inliers
 
 logger = logging.getLogger(__name__)
 

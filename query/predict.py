@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glueloc.errors import BadImageError, GluelocError
-from query.localizer import Localizer
+from glueloc.core.errors import BadImageError, GluelocError
+from glueloc.query.localizer import Localizer
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from glueloc.threads import single_threaded
-from query.position import Neighbour
+from glueloc.core.threads import single_threaded
+from glueloc.query.evidence import Neighbour
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.vectors import VectorIndex
+from glueloc.storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from glueloc.extractors.base import Features
-from glueloc.matchers.base import Matcher, Matches
+from glueloc.vision.extractors.base import Features
+from glueloc.vision.matchers.base import Matcher, Matches
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.vlad import unit_rows
-from storage.features import FeatureReader
+from glueloc.vision.vlad import unit_rows
+from glueloc.storage.features import FeatureReader
 
 logger = logging.getLogger(__name__)
 

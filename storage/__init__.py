@@ -8,3 +8,6 @@
 * ``lock``     — one writer at a time.
 * ``audit``    — every invariant across the three stores, and the repair of what is derivable.
 """
+
+if __name__ != "glueloc.storage":  # the folder is not a top-level package: one name, one copy of each module
+    raise ImportError(f"import glueloc.storage, not {__name__}: this folder installs under the glueloc package")

@@ -1,4 +1,4 @@
-"""Check every invariant across SQLite, HDF5 and FAISS — and repair what is derivable.
+"""Check every invariant across SQLite, HDF5 and FAISS (the repair is ``indexer.repair``).
 
 The invariants, with SQLite as the source of truth:
 
@@ -18,9 +18,7 @@ The invariants, with SQLite as the source of truth:
 
 Findings are *errors* (the stores disagree: exit 1) or *notes* (harmless facts an
 auditor should see, such as leftovers of an interrupted run that the next writer
-deletes). ``repair`` deletes leftovers and rebuilds what is derivable: global vectors
-from the local features and the codebook (retraining it if its file is lost), and FAISS
-from the vectors; rows whose local features are gone are reported as not derivable.
+deletes). The audit never writes; ``indexer.repair`` acts on its findings.
 """
 
 from __future__ import annotations
@@ -33,19 +31,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-import glueloc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from glueloc.images import sha256_file
-from storage.database import Database, open_database
-from storage.features import image_groups
-from storage.garbage import collect_garbage, find_garbage
-from storage.layout import Layout
-from storage.lock import WriterLock, is_locked
-from storage.globals import read_codebook, read_vectors
-from storage.models import Codebook, FeatureShard, Image, IndexRun, StoreState, VectorShard, utcnow
-from storage.vectors import VectorIndex
+from glueloc.vision.images import sha256_file
+from glueloc.storage.database import Database, open_database
+from glueloc.storage.features import image_groups
+from glueloc.storage.garbage import find_garbage
+from glueloc.storage.layout import Layout
+from glueloc.storage.lock import is_locked
+from glueloc.storage.globals import read_codebook, read_vectors
+from glueloc.storage.models import Codebook, FeatureShard, Image, IndexRun, StoreState, VectorShard
+from glueloc.storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -290,64 +287,3 @@ def audit(layout: Layout, deep: bool = False) -> AuditReport:
     finally:
         db.close()
     return report
-
-
-FEATURE_CODES = {"shard-missing", "shard-changed", "shard-unreadable", "features-missing", "features-bad",
-                 "features-orphan", "shard-unregistered"}
-CODEBOOK_CODES = {"codebook-missing", "codebook-unreadable", "codebook-changed", "codebook-dim"}
-
-
-def repair(layout: Layout) -> list[str]:
-    """Rebuild what is derivable and delete leftovers; returns what was done and what was not.
-
-    Local features derive from the image files (``indexer.refeature``) while those are
-    where their run found them, unchanged; global vectors derive from the local features
-    and the codebook, and FAISS from the vectors. So damaged shards are re-extracted
-    first, then every vector and the index are rebuilt (the codebook retrained only if
-    its own file is damaged). What cannot be derived — features whose image files are
-    gone or changed — is listed and left as it is.
-    """
-    from indexer.refeature import rebuild_damaged_shards
-    from indexer.reindex import rebuild_global_vectors
-
-    actions: list[str] = []
-    with WriterLock(layout.lock_path):
-        db = open_database(layout)
-        try:
-            before = audit(layout, deep=True)
-            with db.session() as session, session.begin():
-                removed = collect_garbage(db, session)
-                if removed:
-                    actions.append(f"removed {removed} unreferenced file(s)")
-                run = IndexRun(command="repair", arguments={}, outcome="running", glueloc_version=glueloc.__version__)
-                session.add(run)
-            codes = {f.code for f in before.errors}
-            rebuilt_features = False
-            if codes & FEATURE_CODES:
-                for fixed in rebuild_damaged_shards(db, run.id):
-                    if fixed.rebuilt_as:
-                        rebuilt_features = True
-                        actions.append(f"re-extracted the features of {fixed.images} image(s) of shard {fixed.shard} "
-                                       f"({fixed.reason}) from their files into {fixed.rebuilt_as}")
-                    else:
-                        actions.append(f"not derivable, left as is: shard {fixed.shard}: {fixed.reason}")
-                now = audit(layout, deep=True)
-                codes = {f.code for f in now.errors} | (codes - FEATURE_CODES)
-                remaining = [f for f in now.errors if f.code in FEATURE_CODES]
-            else:
-                remaining = []
-            features_ok = not (codes & FEATURE_CODES)
-            if features_ok and (codes or rebuilt_features):
-                retrain = bool(codes & CODEBOOK_CODES)
-                result = rebuild_global_vectors(db, run.id, retrain=retrain)
-                actions.append(f"rebuilt {result.images} global vectors and the FAISS index from the local features"
-                               + (f" (codebook retrained as {result.codebook_id})" if retrain else ""))
-            for finding in remaining:
-                actions.append(f"not derivable, left as is: {finding.message}")
-            with db.session() as session, session.begin():
-                live = session.get(IndexRun, run.id)
-                assert live is not None
-                live.outcome, live.finished_at, live.message = "completed", utcnow(), "; ".join(actions)[:2000]
-        finally:
-            db.close()
-    return actions

@@ -22,9 +22,9 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from glueloc.errors import DatabaseError
-from storage.layout import Layout
-from storage.models import Calibration, StoreState
+from glueloc.core.errors import DatabaseError
+from glueloc.storage.layout import Layout
+from glueloc.storage.models import Calibration, StoreState
 
 logger = logging.getLogger(__name__)
 

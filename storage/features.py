@@ -26,9 +26,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from glueloc.errors import DatabaseError
-from glueloc.extractors.base import Features
-from storage.layout import Published, publish_hdf5
+from glueloc.core.errors import DatabaseError
+from glueloc.vision.extractors.base import Features
+from glueloc.storage.layout import Published, publish_hdf5
 
 logger = logging.getLogger(__name__)
 

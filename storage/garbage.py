@@ -15,9 +15,9 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from storage.database import Database
-from storage.layout import Layout
-from storage.models import Codebook, FeatureShard, IndexRun, StoreState, VectorShard
+from glueloc.storage.database import Database
+from glueloc.storage.layout import Layout
+from glueloc.storage.models import Codebook, FeatureShard, IndexRun, StoreState, VectorShard
 
 logger = logging.getLogger(__name__)
 

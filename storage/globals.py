@@ -20,8 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from indexer.vlad import VLADCodebook
-from storage.layout import Published, publish_hdf5
+from glueloc.vision.vlad import VLADCodebook
+from glueloc.storage.layout import Published, publish_hdf5
 
 logger = logging.getLogger(__name__)
 

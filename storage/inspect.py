@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from glueloc.errors import GluelocError
-from storage.database import Database, calibration_retrieval
-from storage.features import FeatureReader
-from storage.models import Calibration, Codebook, CoordinateChange, FeatureShard, Image, IndexRun, VectorShard
+from glueloc.core.errors import GluelocError
+from glueloc.storage.database import Database, calibration_retrieval
+from glueloc.storage.features import FeatureReader
+from glueloc.storage.models import Calibration, Codebook, CoordinateChange, FeatureShard, Image, IndexRun, VectorShard
 
 logger = logging.getLogger(__name__)
 

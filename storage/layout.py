@@ -20,7 +20,7 @@ from pathlib import Path
 
 import h5py
 
-from glueloc.images import sha256_file
+from glueloc.vision.images import sha256_file
 
 #: Files still being written carry this prefix; they are never referenced by SQLite.
 TEMP_PREFIX = ".tmp-"

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from glueloc.errors import DatabaseError
+from glueloc.core.errors import DatabaseError
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from glueloc.threads import single_threaded
-from storage.layout import TEMP_PREFIX, atomic_publish
+from glueloc.core.threads import single_threaded
+from glueloc.storage.layout import TEMP_PREFIX, atomic_publish
 
 logger = logging.getLogger(__name__)
 

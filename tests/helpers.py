@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from indexer.labels import read_labels
-from indexer.pipeline import IndexOptions, IndexRunner, IndexSummary
-from storage.layout import Layout
+from glueloc.core.labels import read_labels
+from glueloc.indexer.pipeline import IndexOptions, IndexRunner, IndexSummary
+from glueloc.storage.layout import Layout
 
 
 def run_index(db: Path, labels: Path, images: Path, **options: object) -> IndexSummary:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from storage.audit import audit, repair
-from storage.layout import Layout
+from glueloc.indexer.repair import repair
+from glueloc.storage.audit import audit
+from glueloc.storage.layout import Layout
 
 
 def codes(db: Path, deep: bool = False) -> set[str]:
@@ -78,7 +79,7 @@ def test_garbage_faiss_is_reported_and_repaired(indexed: Path) -> None:
 def test_stale_faiss_is_reported(indexed: Path, tmp_path: Path) -> None:
     import numpy as np
 
-    from storage.vectors import VectorIndex
+    from glueloc.storage.vectors import VectorIndex
 
     index = VectorIndex.load(current_faiss(indexed))
     stale = VectorIndex.empty(index.dim)

@@ -1,4 +1,4 @@
-"""query.bearings: the direction of a verified candidate's camera, seen from the query."""
+"""glueloc.query.bearings: the direction of a verified candidate's camera, seen from the query."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from glueloc.extractors import load_extractor
-from glueloc.matchers import load_matcher
+from glueloc.vision.extractors import load_extractor
+from glueloc.vision.matchers import load_matcher
 from glueloc.synthetic import CAMERA_HEIGHT, HFOV_RADIANS, Pose, Scene
-from query.bearings import InlierPoints, bearing, focal_length
-from query.verify import verify_pair
+from glueloc.query.bearings import InlierPoints, bearing, focal_length
+from glueloc.query.verify import verify_pair
 
 SIZE = (640, 480)
 

@@ -12,12 +12,12 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from glueloc.cli import app
-from glueloc.errors import GluelocError
+from glueloc.core.errors import GluelocError
 from glueloc.synthetic import SyntheticDataset, write_dataset
-from query.calibrate import CalibrationOptions, HeldOut, calibrate, near_radius, variant
-from query.localizer import Localizer, QueryOptions
-from storage.layout import Layout
-from storage.models import Calibration
+from glueloc.query.calibrate import CalibrationOptions, HeldOut, calibrate, near_radius, variant
+from glueloc.query.localizer import Localizer, QueryOptions
+from glueloc.storage.layout import Layout
+from glueloc.storage.models import Calibration
 from tests.helpers import run_index, tree_digest
 
 OPTIONS = CalibrationOptions(places=14, shortlists=(3, 4), seed=0)
@@ -154,8 +154,8 @@ def test_a_calibration_recorded_before_votes_counts_as_fitted_on_vlad(wide_db: P
 def test_calibration_chooses_the_camera_for_resection_on_held_out_places(wide_db: Path, wide_scene) -> None:
     """Every field of view x map axes is cross-validated; one is kept only if it beats the rule
     alone, queries then resect with it (and say so), and --no-resection answers with the rule."""
-    from query.calibrate import resection_variant
-    from query.position import BearingsConf
+    from glueloc.query.calibrate import resection_variant
+    from glueloc.query.sightings import BearingsConf
 
     with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
         result = calibrate(localizer, OPTIONS)
@@ -213,7 +213,7 @@ def one_sided_by_index(folds: int) -> list[np.ndarray]:
 
 
 def test_folds_are_stratified_so_every_training_part_has_right_and_wrong_candidates() -> None:
-    from query.calibrate import stratified_folds
+    from glueloc.query.calibrate import stratified_folds
 
     labels = one_sided_by_index(5)
     by_index = np.arange(len(labels)) % 5
@@ -229,8 +229,8 @@ def test_folds_are_stratified_so_every_training_part_has_right_and_wrong_candida
 
 
 def test_calibration_fits_where_dealing_by_index_would_leave_a_fold_one_sided() -> None:
-    from query.calibrate import _cross_validate
-    from query.position import Neighbour
+    from glueloc.query.calibrate import _cross_validate
+    from glueloc.query.evidence import Neighbour
 
     rng = np.random.default_rng(0)
     samples = []

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from glueloc.cli import app
 from glueloc.synthetic import SyntheticDataset
-from storage.database import head_revision
+from glueloc.storage.database import head_revision
 
 runner = CliRunner()
 

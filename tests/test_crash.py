@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.audit import audit
-from storage.layout import Layout
+from glueloc.storage.audit import audit
+from glueloc.storage.layout import Layout
 
 REPO = Path(__file__).resolve().parent.parent
 

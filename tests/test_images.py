@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glueloc.errors import BadImageError
-from glueloc.images import load_image
+from glueloc.core.errors import BadImageError
+from glueloc.vision.images import load_image
 
 
 def save(tmp_path: Path, name: str, image: Image.Image, **kwargs: object) -> Path:

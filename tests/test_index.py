@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glueloc.errors import DatabaseError, GluelocError
-from storage.audit import audit
-from storage.database import open_database
-from storage.features import FeatureReader
-from storage.layout import Layout
-from storage.lock import WriterLock
+from glueloc.core.errors import DatabaseError, GluelocError
+from glueloc.storage.audit import audit
+from glueloc.storage.database import open_database
+from glueloc.storage.features import FeatureReader
+from glueloc.storage.layout import Layout
+from glueloc.storage.lock import WriterLock
 from tests.helpers import run_index, tree_digest
 
 
@@ -177,8 +177,8 @@ def test_second_writer_is_refused(workdir: Path, indexed: Path) -> None:
 
 def test_reader_sees_the_features_that_were_written(workdir: Path, indexed: Path) -> None:
     db = indexed
-    from glueloc.extractors import load_extractor
-    from glueloc.images import load_image
+    from glueloc.vision.extractors import load_extractor
+    from glueloc.vision.images import load_image
 
     database = open_database(Layout.at(db))
     name, filename = table(db, "select images.name, feature_shards.filename from images join feature_shards "
@@ -207,7 +207,7 @@ def test_first_run_trains_codebook_and_later_runs_reuse_it(workdir: Path) -> Non
 
 
 def test_reindex_retrain_replaces_every_vector(indexed: Path) -> None:
-    from indexer.reindex import reindex
+    from glueloc.indexer.reindex import reindex
 
     old_vectors = set(r[0] for r in table(indexed, "select filename from vector_shards"))
     result = reindex(Layout.at(indexed), retrain=True, conf_overrides={"num_clusters": 8, "pca_dim": 0})

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from glueloc.errors import GluelocError
-from indexer.labels import LabelsError, read_labels
+from glueloc.core.errors import GluelocError
+from glueloc.core.labels import LabelsError, read_labels
 
 
 @pytest.fixture()

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from glueloc import weights
-from glueloc.errors import GluelocError
-from glueloc.extractors.base import Extractor, Features
-from glueloc.matchers.base import Matches
+from glueloc.vision import weights
+from glueloc.core.errors import GluelocError
+from glueloc.vision.extractors.base import Extractor, Features
+from glueloc.vision.matchers.base import Matches
 
 
 def _installed(key: str) -> bool:
@@ -106,8 +106,8 @@ def _check_features(features: Features, image: np.ndarray, extractor: Extractor,
 
 @needs_lightglue_wheel
 def test_aliked_lightglue_recovers_homography(synthetic_pair: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    from glueloc.extractors.aliked import ALIKED
-    from glueloc.matchers.lightglue import LightGlue
+    from glueloc.vision.extractors.aliked import ALIKED
+    from glueloc.vision.matchers.lightglue import LightGlue
 
     image0, image1, homography = synthetic_pair
     extractor = ALIKED({"device": "cpu"})
@@ -119,8 +119,8 @@ def test_aliked_lightglue_recovers_homography(synthetic_pair: tuple[np.ndarray, 
 
 @needs_xfeat_wheel
 def test_xfeat_lighterglue_recovers_homography(synthetic_pair: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    from glueloc.extractors.xfeat import XFeat
-    from glueloc.matchers.lightglue import LightGlue
+    from glueloc.vision.extractors.xfeat import XFeat
+    from glueloc.vision.matchers.lightglue import LightGlue
 
     image0, image1, homography = synthetic_pair
     extractor = XFeat({"device": "cpu"})
@@ -138,7 +138,7 @@ def test_xfeat_lighterglue_recovers_homography(synthetic_pair: tuple[np.ndarray,
 
 @needs_xfeat_wheel
 def test_lightglue_rejects_descriptors_of_another_extractor() -> None:
-    from glueloc.matchers.lightglue import LightGlue
+    from glueloc.vision.matchers.lightglue import LightGlue
 
     features = Features(
         keypoints=np.array([[10.0, 10.0], [20.0, 30.0]], np.float32),
@@ -154,7 +154,7 @@ def test_lightglue_rejects_descriptors_of_another_extractor() -> None:
 
 
 def test_lightglue_rejects_unknown_features() -> None:
-    from glueloc.matchers.lightglue import LightGlue
+    from glueloc.vision.matchers.lightglue import LightGlue
 
     with pytest.raises(GluelocError, match="features must be one of"):
         LightGlue({"features": "superpoint"})
@@ -165,7 +165,7 @@ def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
     """A checkpoint whose keys do not fit (here: a layer removed) must not load silently."""
     import torch
 
-    from glueloc.extractors.aliked import ALIKED
+    from glueloc.vision.extractors.aliked import ALIKED
 
     state = weights.read_state_dict(weights.find_weights("aliked-n16"))
     state.pop("score_head.0.weight")

@@ -9,10 +9,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from glueloc.errors import DatabaseError
-from storage.database import head_revision, open_database, upgrade
-from storage.layout import Layout
-from storage.models import Base
+from glueloc.core.errors import DatabaseError
+from glueloc.storage.database import head_revision, open_database, upgrade
+from glueloc.storage.layout import Layout
+from glueloc.storage.models import Base
 
 
 def test_migrated_schema_equals_models(tmp_path: Path) -> None:

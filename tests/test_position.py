@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from query.position import Neighbour, estimate, estimate_ranked, weighted_median
+from glueloc.query.estimators import estimate
+from glueloc.query.evidence import Neighbour
+from glueloc.query.rules import estimate_ranked, weighted_median
 
 
 def n(x: float, y: float, inliers: int, similarity: float = 0.5, name: str = "") -> Neighbour:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from query.position import Neighbour
-from query.rerank import FEATURES, RerankModel, candidate_features, fit_logistic, fit_model
+from glueloc.query.evidence import Neighbour
+from glueloc.query.rerank import FEATURES, RerankModel, candidate_features, fit_logistic, fit_model
 
 
 def n(x: float, y: float, inliers: int, similarity: float, matches: int = 100) -> Neighbour:

@@ -1,4 +1,4 @@
-"""query.resection and its use in query.position: the position from directions to known places."""
+"""glueloc.query.resection and its use in query.position: the position from directions to known places."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from query.position import BearingsConf, Estimate, Neighbour, resected
-from query.resection import Sighting, resect
+from glueloc.query.evidence import Estimate, Neighbour
+from glueloc.query.sightings import BearingsConf, resected
+from glueloc.query.resection import Sighting, resect
 
 TRUTH = (3.0, -2.0)
 HEADING = math.radians(35)
@@ -67,7 +68,7 @@ def neighbour(i: int, x: float, y: float, inliers: int) -> Neighbour:
 
 
 def test_resected_moves_only_verified_answers_and_keeps_far_lookalikes_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    """query.position.resected: sightings from near verified neighbours place the answer; the
+    """glueloc.query.position.resected: sightings from near verified neighbours place the answer; the
     bearings it used are written on the neighbours; an unverified answer stays put."""
     near = [neighbour(i, x, y, 120) for i, (x, y) in enumerate(PLACES)]
     far = neighbour(9, 60.0, 60.0, 300)  # a look-alike 60 units away: never a sighting
@@ -80,7 +81,7 @@ def test_resected_moves_only_verified_answers_and_keeps_far_lookalikes_out(monke
         asked.append(pair)
         return angles[pair]
 
-    monkeypatch.setattr("query.position.bearing", fake_bearing)
+    monkeypatch.setattr("glueloc.query.sightings.bearing", fake_bearing)
     pairs = [(n.x, n.y) for n in neighbours]
     answer = Estimate(5.0, 0.0, 0.8, 1.0, True, near[:1])
     moved, annotated, placed = resected(answer, neighbours, pairs, BearingsConf(70.0, "y-up"), radius=4.0)

@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from glueloc.errors import GluelocError
-from glueloc.extractors.base import Features
-from glueloc.models.superglue import (
+from glueloc.core.errors import GluelocError
+from glueloc.vision.extractors.base import Features
+from glueloc.vision.matchers.superglue import (
     MultiHeadedAttention,
     SuperGlue,
     SuperGlueNet,
     log_optimal_transport,
     normalize_keypoints,
 )
-from glueloc.weights import BATCHNORM_COUNTERS, load_weights
+from glueloc.vision.weights import BATCHNORM_COUNTERS, load_weights
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from glueloc.errors import GluelocError
-from glueloc.models.superpoint import (
+from glueloc.core.errors import GluelocError
+from glueloc.vision.extractors.superpoint import (
     SuperPoint,
     SuperPointNet,
     cell_logits_to_scores,
@@ -25,7 +25,7 @@ from glueloc.models.superpoint import (
     sample_descriptors,
     select_keypoints,
 )
-from glueloc.weights import load_weights
+from glueloc.vision.weights import load_weights
 
 # Written from the official SuperPoint class: c1..c5 = 64, 64, 128, 128, 256, all 3x3
 # convolutions with bias, convPb 1x1 to 65 channels, convDb 1x1 to descriptor_dim 256.

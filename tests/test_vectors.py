@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from query.retrieval import collapse_ranked, retrieve
-from storage.vectors import VectorIndex
+from glueloc.query.retrieval import collapse_ranked, retrieve
+from glueloc.storage.vectors import VectorIndex
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:

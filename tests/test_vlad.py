@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from glueloc.errors import GluelocError
-from indexer.vlad import VLADCodebook, train_codebook, vlad_conf
+from glueloc.core.errors import GluelocError
+from glueloc.vision.vlad import VLADCodebook, train_codebook, vlad_conf
 
 
 def blobs(rng: np.random.Generator, centres: np.ndarray, n: int, noise: float = 0.05) -> np.ndarray:

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glueloc.errors import GluelocError
-from glueloc.images import load_image
+from glueloc.core.errors import GluelocError
+from glueloc.vision.images import load_image
 from glueloc.synthetic import SyntheticDataset
-from query.localizer import Localizer, QueryOptions
-from query.retrieval import interleave
-from query.votes import DescriptorVotes, ranked, votes_conf
-from storage.layout import Layout
+from glueloc.query.localizer import Localizer, QueryOptions
+from glueloc.query.retrieval import interleave
+from glueloc.query.votes import DescriptorVotes, ranked, votes_conf
+from glueloc.storage.layout import Layout
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -118,6 +118,6 @@ def test_unknown_retrieval_is_refused(indexed: Path) -> None:
 
 def test_the_cli_and_the_api_default_to_the_fused_shortlist() -> None:
     from glueloc.cli import DEFAULT_RETRIEVAL
-    from query.retrieval import FUSED
+    from glueloc.query.retrieval import FUSED
 
     assert DEFAULT_RETRIEVAL == FUSED == QueryOptions().retrieval

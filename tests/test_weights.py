@@ -1,4 +1,4 @@
-"""glueloc.weights: the table of known weight files, lookup, digests, reading and checked loading.
+"""glueloc.vision.weights: the table of known weight files, lookup, digests, reading and checked loading.
 
 Everything here runs without any real weights: missing files, wrong digests and bad
 checkpoints are made up in a temporary directory, and records are patched where a test
@@ -19,9 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from glueloc import weights
-from glueloc.errors import GluelocError
-from glueloc.weights import (
+from glueloc.vision import weights
+from glueloc.core.errors import GluelocError
+from glueloc.vision.weights import (
     BATCHNORM_COUNTERS,
     WEIGHTS,
     UserSupplied,
@@ -71,7 +71,7 @@ def _randomised_tiny(seed: int) -> _Tiny:
 
 
 def test_importing_the_module_does_not_import_torch() -> None:
-    code = "import glueloc.weights, sys; print('torch' in sys.modules)"
+    code = "import glueloc.vision.weights, sys; print('torch' in sys.modules)"
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert printed.stdout.strip() == "False"
 

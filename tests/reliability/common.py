@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storage.audit import audit
-from storage.layout import Layout
+from glueloc.storage.audit import audit
+from glueloc.storage.layout import Layout
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from glueloc.errors import DatabaseError
+from glueloc.core.errors import DatabaseError
 from glueloc.synthetic import SyntheticDataset
-from query.localizer import Localizer
-from storage.layout import Layout
+from glueloc.query.localizer import Localizer
+from glueloc.storage.layout import Layout
 from tests.reliability.common import (deep_audit_clean, image_names, index_args, labels, record, run_cli, run_count,
                                       start_cli)
 from tests.reliability.conftest import copy_db

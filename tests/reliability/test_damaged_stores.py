@@ -45,7 +45,7 @@ def _truncate(path: Path, keep: int = 200) -> None:
 def _stale_faiss(db: Path) -> None:
     import faiss
 
-    from storage.vectors import VectorIndex
+    from glueloc.storage.vectors import VectorIndex
 
     index = VectorIndex.load(current_faiss(db))
     stale = VectorIndex.empty(index.dim)
@@ -56,7 +56,7 @@ def _stale_faiss(db: Path) -> None:
 def _shuffled_faiss(db: Path) -> None:
     import faiss
 
-    from storage.vectors import VectorIndex
+    from glueloc.storage.vectors import VectorIndex
 
     index = VectorIndex.load(current_faiss(db))
     wrong = VectorIndex.empty(index.dim)

@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glueloc.config import merge_conf
-from glueloc.errors import GluelocError
-from glueloc.extractors.base import Features
-from glueloc.matchers.base import Matcher, Matches
-from glueloc.weights import BATCHNORM_COUNTERS, find_weights, load_weights, resolve_device
+from glueloc.core.config import merge_conf
+from glueloc.core.errors import GluelocError
+from glueloc.vision.extractors.base import Features
+from glueloc.vision.matchers.base import Matcher, Matches
+from glueloc.vision.weights import BATCHNORM_COUNTERS, find_weights, load_weights, resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from glueloc.config import merge_conf
-from glueloc.extractors.base import Features
+from glueloc.core.config import merge_conf
+from glueloc.vision.extractors.base import Features
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from glueloc import weights as weight_files
-from glueloc.errors import GluelocError
-from glueloc.extractors.base import Features
-from glueloc.matchers.base import Matcher, Matches
+from glueloc.vision import weights as weight_files
+from glueloc.core.errors import GluelocError
+from glueloc.vision.extractors.base import Features
+from glueloc.vision.matchers.base import Matcher, Matches
 
 if TYPE_CHECKING:
     import torch

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from glueloc.extractors.base import Extractor
+from glueloc.vision.extractors.base import Extractor
 
 logger = logging.getLogger(__name__)
 

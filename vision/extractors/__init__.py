@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from glueloc.errors import DatabaseError
-from glueloc.extractors.base import Extractor, Features
-from glueloc.registry import EXTRACTORS, instantiate
+from glueloc.core.errors import DatabaseError
+from glueloc.vision.extractors.base import Extractor, Features
+from glueloc.vision.registry import EXTRACTORS, instantiate
 
 
 def load_extractor(name: str, conf: Mapping[str, Any] | None = None) -> Extractor:

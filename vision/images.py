@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from glueloc.errors import BadImageError
+from glueloc.core.errors import BadImageError
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from glueloc.matchers.base import Matcher, Matches
-from glueloc.registry import MATCHERS, instantiate
+from glueloc.vision.matchers.base import Matcher, Matches
+from glueloc.vision.registry import MATCHERS, instantiate
 
 
 def load_matcher(name: str, conf: Mapping[str, Any] | None = None) -> Matcher:

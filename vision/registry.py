@@ -10,21 +10,21 @@ import importlib
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from glueloc.errors import GluelocError
+from glueloc.core.errors import GluelocError
 
 T = TypeVar("T")
 
 EXTRACTORS: Mapping[str, str] = {
-    "sift": "glueloc.extractors.sift:SIFT",
-    "aliked": "glueloc.extractors.aliked:ALIKED",
-    "xfeat": "glueloc.extractors.xfeat:XFeat",
-    "superpoint": "glueloc.models.superpoint:SuperPoint",
+    "sift": "glueloc.vision.extractors.sift:SIFT",
+    "aliked": "glueloc.vision.extractors.aliked:ALIKED",
+    "xfeat": "glueloc.vision.extractors.xfeat:XFeat",
+    "superpoint": "glueloc.vision.extractors.superpoint:SuperPoint",
 }
 
 MATCHERS: Mapping[str, str] = {
-    "nn": "glueloc.matchers.nearest_neighbor:NearestNeighbor",
-    "lightglue": "glueloc.matchers.lightglue:LightGlue",
-    "superglue": "glueloc.models.superglue:SuperGlue",
+    "nn": "glueloc.vision.matchers.nearest_neighbor:NearestNeighbor",
+    "lightglue": "glueloc.vision.matchers.lightglue:LightGlue",
+    "superglue": "glueloc.vision.matchers.superglue:SuperGlue",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from glueloc.errors import GluelocError
+from glueloc.core.errors import GluelocError
 
 
 def merge_conf(defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None, owner: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from glueloc.errors import GluelocError
+from glueloc.core.errors import GluelocError
 
 logger = logging.getLogger(__name__)
 

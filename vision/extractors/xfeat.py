@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from glueloc import weights as weight_files
-from glueloc.extractors.base import Extractor
+from glueloc.vision import weights as weight_files
+from glueloc.vision.extractors.base import Extractor
 
 if TYPE_CHECKING:
     import torch

@@ -28,8 +28,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from glueloc.config import merge_conf
-from glueloc.threads import single_threaded
+from glueloc.core.config import merge_conf
+from glueloc.core.threads import single_threaded
 
 logger = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
-from glueloc.errors import GluelocError
+from glueloc.core.errors import GluelocError
 
 if TYPE_CHECKING:  # torch is imported lazily, see the module docstring
     import torch

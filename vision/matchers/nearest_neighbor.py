@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from glueloc.extractors.base import Features
-from glueloc.matchers.base import Matcher, Matches
+from glueloc.vision.extractors.base import Features
+from glueloc.vision.matchers.base import Matcher, Matches
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from glueloc.errors import GluelocError
+from glueloc.core.errors import GluelocError
 
 logger = logging.getLogger(__name__)
 

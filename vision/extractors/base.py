@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from glueloc.config import merge_conf
+from glueloc.core.config import merge_conf
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glueloc.config import merge_conf
-from glueloc.errors import GluelocError
-from glueloc.extractors.base import Extractor
-from glueloc.weights import find_weights, load_weights, resolve_device
+from glueloc.core.config import merge_conf
+from glueloc.core.errors import GluelocError
+from glueloc.vision.extractors.base import Extractor
+from glueloc.vision.weights import find_weights, load_weights, resolve_device
 
 logger = logging.getLogger(__name__)
 

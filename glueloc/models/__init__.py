@@ -1,1 +1,0 @@
-"""Neural network architectures glueloc implements itself (one model per file)."""

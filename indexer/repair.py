@@ -1,0 +1,79 @@
+"""``glueloc audit --repair``: rebuild what is derivable, delete leftovers, list the rest.
+
+The audit itself (``storage.audit``) only reads; repairing needs the indexer's own steps —
+re-extracting a damaged shard's features from the image files, rebuilding vectors and
+FAISS — so it lives here, above both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from glueloc.core.version import __version__
+from glueloc.indexer.refeature import rebuild_damaged_shards
+from glueloc.indexer.reindex import rebuild_global_vectors
+from glueloc.storage.audit import audit
+from glueloc.storage.database import open_database
+from glueloc.storage.garbage import collect_garbage
+from glueloc.storage.layout import Layout
+from glueloc.storage.lock import WriterLock
+from glueloc.storage.models import IndexRun, utcnow
+
+logger = logging.getLogger(__name__)
+
+FEATURE_CODES = {"shard-missing", "shard-changed", "shard-unreadable", "features-missing", "features-bad",
+                 "features-orphan", "shard-unregistered"}
+CODEBOOK_CODES = {"codebook-missing", "codebook-unreadable", "codebook-changed", "codebook-dim"}
+
+
+def repair(layout: Layout) -> list[str]:
+    """Rebuild what is derivable and delete leftovers; returns what was done and what was not.
+
+    Local features derive from the image files (``indexer.refeature``) while those are
+    where their run found them, unchanged; global vectors derive from the local features
+    and the codebook, and FAISS from the vectors. So damaged shards are re-extracted
+    first, then every vector and the index are rebuilt (the codebook retrained only if
+    its own file is damaged). What cannot be derived — features whose image files are
+    gone or changed — is listed and left as it is.
+    """
+    actions: list[str] = []
+    with WriterLock(layout.lock_path):
+        db = open_database(layout)
+        try:
+            before = audit(layout, deep=True)
+            with db.session() as session, session.begin():
+                removed = collect_garbage(db, session)
+                if removed:
+                    actions.append(f"removed {removed} unreferenced file(s)")
+                run = IndexRun(command="repair", arguments={}, outcome="running", glueloc_version=__version__)
+                session.add(run)
+            codes = {f.code for f in before.errors}
+            rebuilt_features = False
+            if codes & FEATURE_CODES:
+                for fixed in rebuild_damaged_shards(db, run.id):
+                    if fixed.rebuilt_as:
+                        rebuilt_features = True
+                        actions.append(f"re-extracted the features of {fixed.images} image(s) of shard {fixed.shard} "
+                                       f"({fixed.reason}) from their files into {fixed.rebuilt_as}")
+                    else:
+                        actions.append(f"not derivable, left as is: shard {fixed.shard}: {fixed.reason}")
+                now = audit(layout, deep=True)
+                codes = {f.code for f in now.errors} | (codes - FEATURE_CODES)
+                remaining = [f for f in now.errors if f.code in FEATURE_CODES]
+            else:
+                remaining = []
+            features_ok = not (codes & FEATURE_CODES)
+            if features_ok and (codes or rebuilt_features):
+                retrain = bool(codes & CODEBOOK_CODES)
+                result = rebuild_global_vectors(db, run.id, retrain=retrain)
+                actions.append(f"rebuilt {result.images} global vectors and the FAISS index from the local features"
+                               + (f" (codebook retrained as {result.codebook_id})" if retrain else ""))
+            for finding in remaining:
+                actions.append(f"not derivable, left as is: {finding.message}")
+            with db.session() as session, session.begin():
+                live = session.get(IndexRun, run.id)
+                assert live is not None
+                live.outcome, live.finished_at, live.message = "completed", utcnow(), "; ".join(actions)[:2000]
+        finally:
+            db.close()
+    return actions
