@@ -26,6 +26,7 @@ from glueloc.storage.vectors import DEFAULT_EXACT_LIMIT
 if TYPE_CHECKING:
     from glueloc.query.calibrate import CalibrationResult
     from glueloc.query.localizer import QueryOptions
+    from glueloc.storage.inspect import CalibrationStatus
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ DbOption = Annotated[Path, typer.Option("--db", envvar="GLUELOC_DB", help="Datab
 DEFAULT_DB = Path("glueloc-db")
 DEFAULT_PIPELINE = "xfeat+lighterglue"  # chosen by bench/matchers.py (README)
 DEFAULT_RETRIEVAL = "fused"  # query.retrieval.FUSED, spelled here so the CLI imports no model code to start
+CALIBRATION_PLACES = 300  # query.calibrate.CalibrationOptions.places, spelled here for the same reason
 F = TypeVar("F", bound=Callable[..., Any])
 RETRIEVAL_HELP = ("How the shortlist is drawn: fused (global vector and descriptor votes in turns), "
                   "vlad (global vector only), votes (descriptor votes only).")
@@ -53,20 +55,29 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def user_errors(func: F) -> F:
-    """Report user errors as one line each with a non-zero exit, and Ctrl-C as exit 130."""
+#: What an interrupted command leaves behind, said in its ``interrupted:`` line.
+KEPT_NOTHING = "nothing was written"
+KEPT_BATCHES = "committed batches are kept; run the same command again to finish"
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except GluelocError as exc:
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            typer.echo("interrupted: committed batches are kept; run the same command again to finish", err=True)
-            raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+def user_errors(kept: str = KEPT_NOTHING) -> Callable[[F], F]:
+    """Report user errors as one line each with a non-zero exit, and Ctrl-C (or SIGTERM) as
+    exit 130 with one line saying what the command kept (``kept``)."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except GluelocError as exc:
+                _fail(str(exc), exc.exit_code)
+            except KeyboardInterrupt:
+                typer.echo(f"interrupted: {kept}", err=True)
+                raise typer.Exit(130) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 @contextmanager
@@ -94,6 +105,14 @@ def _query_options(k: int | None, collapse: bool, estimator: str, retrieval: str
     return QueryOptions(k=k, collapse=collapse, estimator=estimator, retrieval=retrieval, resection=resection)
 
 
+def _note_uncalibrated(localizer: Any, db: Path) -> None:
+    """One line on stderr when ``auto`` answers without a calibration: the answers are then
+    the uncalibrated ranking, without resection, and the user should know why and what to run."""
+    if localizer.decision.uncalibrated:
+        typer.echo(f"note: {db} is not calibrated for its current state ({localizer.options.retrieval} shortlists): "
+                   f"answering by most inliers, without resection; run `glueloc calibrate --db {db}`", err=True)
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     disable=not enabled, transient=False, console=None)
@@ -106,7 +125,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what
 
 
 @app.command()
-@user_errors
+@user_errors(KEPT_BATCHES)
 def index(
     labels: Annotated[Path, typer.Argument(help="CSV with header name,x,y.")],
     images: Annotated[Path, typer.Option("--images", help="Folder the names in the CSV are relative to.")],
@@ -120,6 +139,9 @@ def index(
     pca_dim: Annotated[Optional[int], typer.Option(min=0, help="Global vector size after PCA-whitening; 0 = none (new database).")] = None,
     exact_limit: Annotated[int, typer.Option(min=0, help="FAISS search stays exact up to this many images, then HNSW.")] = DEFAULT_EXACT_LIMIT,
     update_coordinates: Annotated[bool, typer.Option(help="Accept (and record) new coordinates for indexed names.")] = False,
+    calibrate: Annotated[bool, typer.Option(
+        help="Then calibrate the database (as `glueloc calibrate` with its defaults) unless it is already "
+             "calibrated for exactly these images.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -155,12 +177,21 @@ def index(
         typer.echo(f"run {summary.run_id}: added {summary.added}, skipped {summary.skipped}, updated {summary.updated}, "
                    f"rejected {summary.rejected} of {summary.total} rows in {summary.seconds:.1f} s "
                    f"({summary.images_per_second:.1f} images/s)")
+    if calibrate and summary.outcome.startswith("completed") and not _calibration_status(db).current:
+        try:
+            fitted = _calibrate(db, CALIBRATION_PLACES, (), 0, DEFAULT_RETRIEVAL, progress and not json_out)
+        except GluelocError as exc:
+            raise GluelocError(f"run {summary.run_id} is committed, but the database could not be calibrated: {exc}") from exc
+        if not json_out:
+            _print_calibration(fitted)
+    if not json_out:
+        typer.echo(_calibration_line(_calibration_status(db), db))
     if summary.rejections:
         raise typer.Exit(1)
 
 
 @app.command()
-@user_errors
+@user_errors("nothing was committed: the vectors and FAISS file stay as they were")
 def reindex(
     db: DbOption = DEFAULT_DB,
     retrain: Annotated[bool, typer.Option(help="Train a new codebook (VLAD centres + PCA) first.")] = False,
@@ -185,7 +216,7 @@ def reindex(
 
 
 @app.command()
-@user_errors
+@user_errors("what --repair finished is committed; run it again to finish")
 def audit(
     db: DbOption = DEFAULT_DB,
     deep: Annotated[bool, typer.Option(help="Also re-hash shards, compare FAISS vectors, re-hash image files.")] = False,
@@ -214,7 +245,7 @@ def audit(
 
 
 @app.command()
-@user_errors
+@user_errors()
 def inspect(
     name: Annotated[Optional[str], typer.Argument(help="An image name: show its record.")] = None,
     db: DbOption = DEFAULT_DB,
@@ -243,7 +274,7 @@ def inspect(
 
 
 @db_app.command("upgrade")
-@user_errors
+@user_errors()
 def db_upgrade(db: DbOption = DEFAULT_DB) -> None:
     """Create the database schema, or bring it to the latest revision."""
     from glueloc.storage.database import upgrade
@@ -253,7 +284,7 @@ def db_upgrade(db: DbOption = DEFAULT_DB) -> None:
 
 
 @db_app.command("current")
-@user_errors
+@user_errors()
 def db_current(db: DbOption = DEFAULT_DB) -> None:
     """Print the database's schema revision and the one this glueloc expects."""
     from glueloc.storage.database import current_revision, head_revision, make_engine
@@ -269,7 +300,7 @@ def db_current(db: DbOption = DEFAULT_DB) -> None:
 
 
 @app.command()
-@user_errors
+@user_errors()
 def query(
     image: Annotated[Path, typer.Argument(help="The photo to locate.")],
     db: DbOption = DEFAULT_DB,
@@ -293,6 +324,8 @@ def query(
 
     with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer:
         result = localizer.locate(image)
+        if result.x is not None:  # an answer: say how it was ranked before showing it
+            _note_uncalibrated(localizer, db)
         if viz is not None and result.neighbours:
             best = result.used[0] if result.used else max(result.neighbours, key=lambda n: n.inliers)
             save_rgb(viz, match_picture(localizer, image, best))
@@ -304,7 +337,12 @@ def query(
             save_rgb(map_png, picture)
     if json_out:
         typer.echo(json.dumps(asdict(result), indent=2))
+        if result.x is None:
+            raise typer.Exit(1)
         return
+    if result.x is None:
+        _fail(f"{result.query}: no estimate: retrieval ({retrieval}) found no candidate for it "
+              "(too few features in the image?)", 1)
     status = "verified" if result.verified else "NOT verified (no candidate has enough inliers)"
     typer.echo(f"{result.query}: x={result.x:.3f} y={result.y:.3f} confidence={result.confidence:.2f} "
                f"uncertainty={result.uncertainty:.2f} ({status}; {result.ranked_by})")
@@ -324,10 +362,10 @@ def query(
 
 
 @app.command()
-@user_errors
+@user_errors("nothing was recorded: a calibration is written in one transaction at its end")
 def calibrate(
     db: DbOption = DEFAULT_DB,
-    places: Annotated[int, typer.Option(min=10, help="Capture points to hold out, one view each.")] = 300,
+    places: Annotated[int, typer.Option(min=10, help="Capture points to hold out, one view each.")] = CALIBRATION_PLACES,
     k: Annotated[Optional[list[int]], typer.Option(
         min=2, help="Shortlist lengths to compare (repeat the option) [default: 10 and 15].")] = None,
     seed: Annotated[int, typer.Option(help="Which places are held out.")] = 0,
@@ -336,24 +374,40 @@ def calibrate(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Fit how queries rank candidates and state confidence, on the database's own held-out places."""
-    from glueloc.query.calibrate import CalibrationOptions, variant
+    result = _calibrate(db, places, tuple(k or ()), seed, retrieval, progress)
+    if json_out:
+        typer.echo(json.dumps(_calibration_summary(result), indent=2))
+        return
+    _print_calibration(result)
+
+
+def _calibrate(db: Path, places: int, shortlists: tuple[int, ...], seed: int, retrieval: str,
+               progress: bool) -> "CalibrationResult":
+    """Hold out places of the database, fit, and record the calibration (``glueloc calibrate``)."""
+    from glueloc.query.calibrate import CalibrationOptions
     from glueloc.query.calibrate import calibrate as run_calibration
     from glueloc.query.localizer import Localizer
 
-    options = CalibrationOptions(places=places, seed=seed, **({"shortlists": tuple(sorted(set(k)))} if k else {}))
+    options = CalibrationOptions(places=places, seed=seed,
+                                 **({"shortlists": tuple(sorted(set(shortlists)))} if shortlists else {}))
     with Localizer(Layout.at(db), _query_options(options.k_max, False, "best", retrieval)) as localizer, \
             _progress(progress) as bar:
         task = bar.add_task("holding out places", total=min(places, len(set(localizer.positions.values()))))
-        result = run_calibration(localizer, options, progress=lambda done, total: bar.update(task, completed=done))
-    summary = {"calibration": result.calibration_id, "held_out": result.held_out, "near_radius": round(result.radius, 3),
-               "k": result.k, "rule": result.rule, "variants": result.metrics, "confidence": result.confidence,
-               "weights": dict(zip(result.model.features, [round(float(w), 3) for w in result.model.weights])),
-               "median_seconds_per_place": round(result.seconds_per_place, 3),
-               "resection": None if result.bearings is None else {"fov": result.bearings.fov, "axes": result.bearings.axes},
-               "resection_variants": result.resection}
-    if json_out:
-        typer.echo(json.dumps(summary, indent=2))
-        return
+        return run_calibration(localizer, options, progress=lambda done, total: bar.update(task, completed=done))
+
+
+def _calibration_summary(result: "CalibrationResult") -> dict[str, Any]:
+    return {"calibration": result.calibration_id, "held_out": result.held_out, "near_radius": round(result.radius, 3),
+            "k": result.k, "rule": result.rule, "variants": result.metrics, "confidence": result.confidence,
+            "weights": dict(zip(result.model.features, [round(float(w), 3) for w in result.model.weights])),
+            "median_seconds_per_place": round(result.seconds_per_place, 3),
+            "resection": None if result.bearings is None else {"fov": result.bearings.fov, "axes": result.bearings.axes},
+            "resection_variants": result.resection}
+
+
+def _print_calibration(result: "CalibrationResult") -> None:
+    from glueloc.query.calibrate import variant
+
     typer.echo(f"calibration {result.calibration_id}: {result.held_out} places held out, near radius "
                f"{result.radius:.2f}; queries will verify k = {result.k} and use rule {result.rule}")
     typer.echo("cross-validated on held-out places (rule@k):")
@@ -366,6 +420,29 @@ def calibrate(
     c = result.confidence
     typer.echo(f"confidence: MAE of the most confident 50 % {c['mae_top_50']:.2f}, 80 % {c['mae_top_80']:.2f}, "
                f"all {c['mae_top_100']:.2f}; Spearman(confidence, error) {c['spearman_confidence_error']:.2f}")
+
+
+def _calibration_status(db: Path) -> "CalibrationStatus":
+    from glueloc.storage.database import open_database
+    from glueloc.storage.inspect import calibration_status
+
+    database = open_database(Layout.at(db))
+    try:
+        return calibration_status(database, DEFAULT_RETRIEVAL)
+    finally:
+        database.close()
+
+
+def _calibration_line(status: "CalibrationStatus", db: Path) -> str:
+    """After indexing: is the database calibrated for what it now holds, and what to run next."""
+    if status.calibration_id is None:
+        return (f"not calibrated: queries answer by most inliers, without resection. Next: `glueloc calibrate --db {db}` "
+                f"(or `glueloc index ... --calibrate`), then `glueloc query PHOTO --db {db}`")
+    if status.current:
+        return (f"calibrated for its current {status.images} images (calibration {status.calibration_id}). "
+                f"Next: `glueloc query PHOTO --db {db}`")
+    return (f"calibration {status.calibration_id} was fitted on {status.fitted_on} images, the database now holds "
+            f"{status.images}: queries still use it; refit with `glueloc calibrate --db {db}`")
 
 
 def _resection_line(result: "CalibrationResult") -> str:
@@ -384,7 +461,7 @@ def _resection_line(result: "CalibrationResult") -> str:
 
 
 @app.command()
-@user_errors
+@user_errors()
 def match(
     image0: Annotated[Path, typer.Argument(help="First image.")],
     image1: Annotated[Path, typer.Argument(help="Second image.")],
@@ -425,7 +502,7 @@ def match(
 
 
 @app.command()
-@user_errors
+@user_errors("nothing was written: the report and --json are written when every query is done")
 def evaluate(
     labels: Annotated[Path, typer.Argument(help="CSV name,x,y of the queries (true positions).")],
     images: Annotated[Path, typer.Option("--images", help="Folder of the query images.")],
@@ -449,6 +526,7 @@ def evaluate(
 
     rows = read_labels(labels, images)
     with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer, _progress(progress) as bar:
+        _note_uncalibrated(localizer, db)
         task = bar.add_task("querying", total=len(rows))
         result = run_evaluation(localizer, rows, progress=lambda n: bar.advance(task, n))
         db_xy = np.array([(i.x, i.y) for i in localizer.images.values()])
@@ -462,7 +540,7 @@ def evaluate(
 
 
 @app.command()
-@user_errors
+@user_errors("the rows already in the output CSV are kept; run the same command again to resume")
 def predict(
     folder: Annotated[Path, typer.Argument(help="Folder of photos to locate.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write: id,x,y,confidence (appended, resumable).")],
@@ -480,6 +558,7 @@ def predict(
 
     total = len(list_images(folder))
     with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer, _progress(progress) as bar:
+        _note_uncalibrated(localizer, db)
         task = bar.add_task("locating", total=total)
         summary = predict_folder(localizer, folder, output, progress=lambda n: bar.advance(task, n))
     for failure in summary.failures:
@@ -490,7 +569,7 @@ def predict(
 
 
 @app.command()
-@user_errors
+@user_errors()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the synthetic scene and its database go.")] = Path("demo-data"),
     places: Annotated[int, typer.Option(min=2, help="Capture points in the synthetic room.")] = 40,

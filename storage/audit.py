@@ -6,11 +6,13 @@ The invariants, with SQLite as the source of truth:
 * every image row was made by the database's extractor and points to a registered shard;
 * every registered shard file exists, opens, and holds exactly the groups of its rows,
   each with keypoints/scores/descriptors/image_size of the recorded shapes (``--deep``:
-  and the file's bytes still hash to the recorded sha256);
+  and the file's bytes still hash to the recorded sha256) — and, since shards are never
+  rewritten, the groups of images a ``glueloc remove`` run retired from that very file
+  (the run lists them, see :func:`retired_groups`); any other group no row owns is an error;
 * the current codebook's file exists and makes vectors of ``store_state.global_dim``;
   every image has a global vector in a vector shard of the *current* codebook (until the
   first codebook is trained, waiting images are a note), each shard holding exactly its
-  images' vectors;
+  images' vectors (and those retired from it, as for feature shards);
 * the FAISS file named in ``store_state`` exists, has the recorded count and dimension,
   and holds exactly the ids of the images with vectors (``--deep``: the same vectors as
   the vector shards);
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +48,15 @@ from glueloc.storage.models import Codebook, FeatureShard, Image, IndexRun, Stor
 from glueloc.storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
+
+#: ``IndexRun.command`` of a ``glueloc remove`` run (indexer.remove), and the key of its
+#: arguments that lists the images it retired, each with its ``name`` and the ``shard``
+#: and ``vector_shard`` files it was in.
+REMOVE_COMMAND = "remove"
+RETIRED_KEY = "retired"
+#: Outcomes of a remove run; the run row is written by the commit that removes, so it
+#: never has another (a remove killed before its commit leaves no row at all).
+REMOVE_OUTCOMES = ("completed", "completed_with_rejections")
 
 
 @dataclass(frozen=True)
@@ -80,9 +92,35 @@ class AuditReport:
                 "findings": [asdict(f) for f in self.findings]}
 
 
-def shard_findings(features_dir: Path, shard: FeatureShard, rows: list[Image], deep: bool) -> list[Finding]:
+def retired_groups(session: Session) -> dict[str, set[str]]:
+    """Per shard file (feature or vector shard), the image names remove runs retired from it.
+
+    A shard is immutable, so removing some of its images leaves their groups in the file:
+    those, and only those, may stay without a row. Keyed by file name (unique per file,
+    never reused), so a name removed from one shard and indexed again into another is
+    accepted only in the first. Reading it back is lenient about the JSON's shape: an
+    entry that does not say both a name and a file accepts nothing.
+    """
+    retired: dict[str, set[str]] = defaultdict(set)
+    runs = session.scalars(select(IndexRun.arguments).where(IndexRun.command == REMOVE_COMMAND,
+                                                            IndexRun.outcome.in_(REMOVE_OUTCOMES)))
+    for arguments in runs:
+        entries = arguments.get(RETIRED_KEY) if isinstance(arguments, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(name, str):
+                continue
+            for key in ("shard", "vector_shard"):
+                if isinstance(entry.get(key), str):
+                    retired[entry[key]].add(name)
+    return retired
+
+
+def shard_findings(features_dir: Path, shard: FeatureShard, rows: list[Image], deep: bool,
+                   retired: Collection[str] = ()) -> list[Finding]:
     """What is wrong with one feature shard as the store of ``rows`` (empty: nothing).
 
+    ``retired``: names whose groups the shard may still hold (``retired_groups``).
     Shared by the audit and by ``audit --repair``'s re-extraction, which rebuilds a shard
     exactly when this finds something wrong with it.
     """
@@ -103,7 +141,7 @@ def shard_findings(features_dir: Path, shard: FeatureShard, rows: list[Image], d
                 problem = _check_group(handle[image.name], image)
                 if problem:
                     found.error("features-bad", f"{image.name}: {problem}")
-            for orphan in sorted(groups - {image.name for image in rows}):
+            for orphan in sorted(groups - {image.name for image in rows} - set(retired)):
                 found.error("features-orphan", f"shard {shard.filename} holds features of {orphan!r}, which no row owns")
     except (OSError, KeyError) as exc:
         found.error("shard-unreadable", f"shard {shard.filename} is unreadable ({exc}): {len(rows)} image(s) affected")
@@ -115,9 +153,11 @@ def _check_shards(db: Database, session: Session, report: AuditReport, deep: boo
     rows_by_shard: dict[int, list[Image]] = defaultdict(list)
     for image in session.scalars(select(Image)):
         rows_by_shard[image.shard_id].append(image)
+    retired = retired_groups(session)
     for shard in session.scalars(select(FeatureShard).order_by(FeatureShard.id)):
         report.shards += 1
-        report.findings.extend(shard_findings(db.layout.features_dir, shard, rows_by_shard.pop(shard.id, []), deep))
+        report.findings.extend(shard_findings(db.layout.features_dir, shard, rows_by_shard.pop(shard.id, []), deep,
+                                              retired.get(shard.filename, ())))
     for shard_id, rows in rows_by_shard.items():
         report.error("shard-unregistered", f"{len(rows)} image(s) point to shard id {shard_id}, which is not registered")
 
@@ -171,6 +211,7 @@ def _check_vectors(db: Database, session: Session, state: StoreState | None, rep
     for image_id, name, shard_id in images:
         if shard_id is not None:
             by_shard[shard_id].append((image_id, name))
+    retired = retired_groups(session)
     for shard in session.scalars(select(VectorShard)):
         members = by_shard.pop(shard.id, [])
         if shard.codebook_id != codebook.id:
@@ -196,7 +237,7 @@ def _check_vectors(db: Database, session: Session, state: StoreState | None, rep
                 report.error("vectors-bad", f"{name}: vector of shape {stored[name].shape}, expected ({state.global_dim},)")
             else:
                 vectors[image_id] = stored[name]
-        orphans = set(stored) - {name for _, name in members}
+        orphans = set(stored) - {name for _, name in members} - retired.get(shard.filename, set())
         if orphans:
             report.error("vectors-orphan", f"vector shard {shard.filename} holds {len(orphans)} vector(s) no image row points to")
     for shard_id, members in by_shard.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -112,3 +113,26 @@ def image_record(db: Database, name: str) -> dict[str, Any]:
         except (OSError, KeyError) as exc:
             record["stored_keypoints"] = f"unreadable ({exc})"
     return record
+
+
+@dataclass(frozen=True)
+class CalibrationStatus:
+    """Whether queries of the database's current state answer calibrated (``glueloc calibrate``)."""
+
+    images: int  # images the database holds now
+    calibration_id: int | None  # the calibration queries drawing ``retrieval`` shortlists use; None: none
+    fitted_on: int | None  # images the database held when that calibration was fitted
+
+    @property
+    def current(self) -> bool:
+        """Fitted on exactly the images there are now (a later index run makes it stale but still used)."""
+        return self.calibration_id is not None and self.fitted_on == self.images
+
+
+def calibration_status(db: Database, retrieval: str) -> CalibrationStatus:
+    """What a user needs to know after indexing: is the database calibrated for what it now holds?"""
+    with db.session() as session:
+        state = db.state(session)
+        images = session.scalar(select(func.count()).select_from(Image)) or 0
+        row = None if state is None or state.codebook_id is None else db.calibration(session, state.codebook_id, retrieval)
+        return CalibrationStatus(images, None if row is None else row.id, None if row is None else row.images)

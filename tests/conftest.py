@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+import glueloc
 from glueloc.synthetic import SyntheticDataset, write_dataset
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``.ci/wheel-check`` runs the suite against the installed wheel: make sure it really does."""
+    if os.environ.get("GLUELOC_TESTS_AGAINST") == "installed":
+        import glueloc.query
+
+        where = Path(glueloc.query.__file__).resolve()
+        if "site-packages" not in where.parts:
+            raise pytest.UsageError(f"glueloc.query comes from {where}, not from the installed wheel")
 
 
 @pytest.fixture(scope="session")

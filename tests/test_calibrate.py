@@ -115,7 +115,7 @@ def test_cli_calibrates_and_a_retrained_codebook_needs_a_new_calibration(wide_db
                                 "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "14 places held out" in result.output and "cross-validated on held-out places" in result.output
-    shown = json.loads(runner.invoke(app, ["inspect", "--db", str(wide_db), "--json"]).output)
+    shown = json.loads(runner.invoke(app, ["inspect", "--db", str(wide_db), "--json"]).stdout)
     assert shown["calibration"]["id"] == 1 and shown["calibration"]["held_out"] == 14
     assert shown["calibration"]["k"] in (3, 4) and shown["calibration"]["cross_validated"]["mae"] >= 0
     assert shown["calibration"]["retrieval"] == "fused"

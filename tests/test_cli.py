@@ -25,16 +25,16 @@ def test_index_audit_inspect_round_trip(workdir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "added 24, skipped 0" in result.output and "images/s" in result.output
     result = invoke("index", workdir / "labels.csv", "--images", workdir / "images", "--db", db, "--json")
-    assert json.loads(result.output)["skipped"] == 24
+    assert json.loads(result.stdout)["skipped"] == 24
     result = invoke("audit", "--db", db, "--deep")
     assert result.exit_code == 0 and "clean" in result.output
-    summary = json.loads(invoke("inspect", "--db", db, "--json").output)
+    summary = json.loads(invoke("inspect", "--db", db, "--json").stdout)
     assert summary["images"] == 24 and summary["extractor"]["name"] == "xfeat"
     assert summary["matcher"] == {"name": "lightglue", "config": {**summary["matcher"]["config"], "features": "xfeat"}}
     assert summary["global_descriptor"]["name"] == "vlad:1" and summary["global_descriptor"]["dim"] > 0
     assert [r["outcome"] for r in summary["runs"]] == ["completed", "completed"]
     name = (workdir / "labels.csv").read_text().splitlines()[1].split(",")[0]
-    record = json.loads(invoke("inspect", name, "--db", db, "--json").output)
+    record = json.loads(invoke("inspect", name, "--db", db, "--json").stdout)
     assert record["name"] == name and record["stored_keypoints"] == record["num_keypoints"] > 0
 
 
@@ -76,7 +76,7 @@ def test_query_and_evaluate_on_held_out_views(indexed: Path, scene: SyntheticDat
     query = next(scene.queries_dir.glob("*.jpg"))
     result = invoke("query", query, "--db", indexed, "--json")
     assert result.exit_code == 0, result.output
-    answer = json.loads(result.output)
+    answer = json.loads(result.stdout)
     assert answer["verified"] and answer["neighbours"][0]["inliers"] >= 0
     out = tmp_path / "eval.json"
     result = invoke("evaluate", scene.queries_csv, "--images", scene.queries_dir, "--db", indexed, "--json", out, "--no-progress")
@@ -107,7 +107,7 @@ def test_query_estimators_and_unknown_one(indexed: Path, scene: SyntheticDataset
     query = str(sorted(scene.queries_dir.glob("*.jpg"))[0])
     for method in ("auto", "best", "weighted-mean", "cluster"):
         result = invoke("query", query, "--db", indexed, "--estimator", method, "--json")
-        answer = json.loads(result.output)
+        answer = json.loads(result.stdout)
         assert result.exit_code == 0 and answer["uncertainty"] is not None and 0 <= answer["confidence"] <= 1
     result = invoke("query", query, "--db", indexed, "--estimator", "median")
     assert result.exit_code == 2 and result.output.strip() == "error: unknown estimator 'median' (auto, calibrated, best, weighted-mean, cluster)"

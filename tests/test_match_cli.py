@@ -51,9 +51,9 @@ def test_match_separates_overlap_from_none(views: tuple[Path, Path, Path], pipel
     picture = tmp_path / "m.png"
     result = runner.invoke(app, ["match", str(near), str(near2), "--matcher", pipeline, "--json", "--viz", str(picture)])
     assert result.exit_code == 0, result.output
-    same = json.loads(result.output)
+    same = json.loads(result.stdout)
     result = runner.invoke(app, ["match", str(near), str(far), "--matcher", pipeline, "--json"])
-    other = json.loads(result.output)
+    other = json.loads(result.stdout)
     assert same["inliers"] >= 50, same
     assert other["inliers"] < same["inliers"] / 3, (same, other)
     drawn = cv2.imread(str(picture))

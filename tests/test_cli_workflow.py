@@ -1,0 +1,120 @@
+"""The workflow a new user follows: index, be told about calibration, calibrate, query —
+with the default pipeline (XFeat + LighterGlue) end to end, and every way a query can
+come back empty or be stopped answered in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from glueloc.cli import app
+from glueloc.core.labels import read_labels
+from glueloc.query.localizer import Localizer
+from glueloc.synthetic import SyntheticDataset, write_dataset
+
+runner = CliRunner()
+
+
+def invoke(*args: object):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    """12 capture points x 2 views: enough places to calibrate, few enough to stay quick."""
+    return write_dataset(tmp_path_factory.mktemp("room"), n_places=12, views_per_place=2, n_queries=5, seed=4)
+
+
+def test_the_default_pipeline_indexes_calibrates_and_queries(room: SyntheticDataset, tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    result = invoke("index", room.labels_csv, "--images", room.images_dir, "--db", db, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "not calibrated" in result.stdout and f"glueloc calibrate --db {db}" in result.stdout
+    shown = json.loads(invoke("inspect", "--db", db, "--json").stdout)
+    assert (shown["extractor"]["name"], shown["matcher"]["name"]) == ("xfeat", "lightglue")
+
+    query = sorted(room.queries_dir.glob("*.jpg"))[0]
+    before = invoke("query", query, "--db", db)
+    assert before.exit_code == 0 and "note: " in before.stderr and "not calibrated" in before.stderr
+
+    result = invoke("calibrate", "--db", db, "--places", 12, "--k", 3, "--k", 4, "--no-progress")
+    assert result.exit_code == 0, result.output
+    result = invoke("index", room.labels_csv, "--images", room.images_dir, "--db", db, "--no-progress")
+    assert "calibrated for its current 24 images (calibration 1)" in result.stdout
+
+    truth = {row.name: (row.x, row.y) for row in read_labels(room.queries_csv, room.queries_dir)}
+    errors = []
+    for path in sorted(room.queries_dir.glob("*.jpg")):
+        result = invoke("query", path, "--db", db, "--json")
+        assert result.exit_code == 0 and "note:" not in result.stderr
+        answer = json.loads(result.stdout)
+        assert answer["ranked_by"].startswith("calibration 1") and answer["verified"]
+        errors.append(abs(answer["x"] - truth[path.name][0]) + abs(answer["y"] - truth[path.name][1]))
+    # Guessing a capture point at random would be off by the mean distance to the places; the
+    # matched answers must typically be far nearer than that.
+    places = np.array([(row.x, row.y) for row in read_labels(room.labels_csv, room.images_dir)])
+    guess = np.mean([np.abs(places - xy).sum(1).mean() for xy in truth.values()])
+    assert np.median(errors) < 0.3 * guess, (errors, guess)
+
+
+def test_index_calibrate_runs_calibration_in_the_same_command(room: SyntheticDataset, tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    args = ("index", room.labels_csv, "--images", room.images_dir, "--db", db, "--extractor", "sift", "--no-progress")
+    result = invoke(*args, "--calibrate")
+    assert result.exit_code == 0, result.output
+    assert "calibration 1: 12 places held out" in result.stdout
+    assert "calibrated for its current 24 images (calibration 1)" in result.stdout
+    again = invoke(*args, "--calibrate")  # nothing new: the calibration stands, none is fitted
+    assert again.exit_code == 0 and "calibration 2" not in again.stdout
+    assert "calibrated for its current 24 images (calibration 1)" in again.stdout
+
+
+def test_index_calibrate_on_too_few_places_says_the_index_is_committed(scene: SyntheticDataset, tmp_path: Path) -> None:
+    result = invoke("index", scene.labels_csv, "--images", scene.images_dir, "--db", tmp_path / "db",
+                    "--extractor", "sift", "--calibrate", "--no-progress")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: run 1 is committed, but the database could not be calibrated: "
+        "calibration needs at least 10 capture points; the database has 8"]
+    assert invoke("audit", "--db", tmp_path / "db").exit_code == 0
+
+
+@pytest.mark.parametrize("retrieval", ["fused", "vlad", "votes"])
+def test_a_photo_without_features_is_answered_in_one_line(indexed: Path, tmp_path: Path, retrieval: str) -> None:
+    """A blank image has no keypoints: no descriptor votes, a zero global vector."""
+    blank = tmp_path / "blank.jpg"
+    PILImage.new("RGB", (320, 240), (128, 128, 128)).save(blank)
+    result = invoke("query", blank, "--db", indexed, "--retrieval", retrieval)
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    if retrieval == "votes":  # nothing votes: no candidate, no estimate
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines() == [
+            "error: blank.jpg: no estimate: retrieval (votes) found no candidate for it (too few features in the image?)"]
+        answer = json.loads(invoke("query", blank, "--db", indexed, "--retrieval", retrieval, "--json").stdout)
+        assert answer["x"] is None and answer["neighbours"] == []
+    else:  # the global vector still ranks the database: an unverified answer
+        assert result.exit_code == 0, result.output
+        assert "NOT verified" in result.stdout
+
+
+def interrupted(*args: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_evaluate_and_predict_stopped_say_what_they_kept(indexed: Path, scene: SyntheticDataset, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Localizer, "locate", interrupted)
+    result = invoke("evaluate", scene.queries_csv, "--images", scene.queries_dir, "--db", indexed, "--no-progress",
+                    "--json", tmp_path / "report.json")
+    assert result.exit_code == 130 and not (tmp_path / "report.json").exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        "interrupted: nothing was written: the report and --json are written when every query is done")
+    result = invoke("predict", scene.queries_dir, "-o", tmp_path / "out.csv", "--db", indexed, "--no-progress")
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines()[-1] == (
+        "interrupted: the rows already in the output CSV are kept; run the same command again to resume")
