@@ -216,6 +216,38 @@ def reindex(
 
 
 @app.command()
+@user_errors("a removal is one commit: it landed whole or not at all (`glueloc inspect` lists it among the runs if it landed)")
+def remove(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Names of indexed images to retire.")] = None,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="A CSV with a name column: retire those images.")] = None,
+    db: DbOption = DEFAULT_DB,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Retire images from the catalogue, their vectors and every derived index, in one commit."""
+    from glueloc.indexer.remove import read_names, remove_images
+
+    wanted = list(names or []) + (read_names(csv_file) if csv_file is not None else [])
+    if not wanted:
+        raise GluelocError("name the images to remove, or give --csv FILE")
+    arguments = {"names": list(names or []), "csv": str(csv_file) if csv_file else None}
+    with _sigterm_as_interrupt():
+        summary = remove_images(Layout.at(db), wanted, arguments)
+    if json_out:
+        typer.echo(json.dumps({"run": summary.run_id, "removed": summary.removed, "not_found": summary.not_found,
+                               "shards_collected": summary.shards_collected,
+                               "vector_shards_collected": summary.vector_shards_collected,
+                               "seconds": round(summary.seconds, 3)}, indent=2))
+    else:
+        for name in summary.not_found:
+            typer.echo(f"not indexed: {name}", err=True)
+        typer.echo(f"run {summary.run_id}: removed {summary.removed} image(s); {summary.shards_collected} feature "
+                   f"shard(s) left without a live image deleted; {len(summary.not_found)} name(s) not indexed")
+        typer.echo(_calibration_line(_calibration_status(db), db))
+    if summary.not_found:
+        raise typer.Exit(1)
+
+
+@app.command()
 @user_errors("what --repair finished is committed; run it again to finish")
 def audit(
     db: DbOption = DEFAULT_DB,

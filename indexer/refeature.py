@@ -22,7 +22,7 @@ from sqlalchemy import select
 from glueloc.core.errors import BadImageError
 from glueloc.vision.extractors import load_recorded_extractor
 from glueloc.vision.images import load_image
-from glueloc.storage.audit import shard_findings
+from glueloc.storage.audit import retired_groups, shard_findings
 from glueloc.storage.database import Database
 from glueloc.storage.features import ShardEntry, write_shard
 from glueloc.storage.models import FeatureShard, Image, IndexRun
@@ -47,13 +47,15 @@ def rebuild_damaged_shards(db: Database, run_id: int) -> list[ShardRepair]:
         for image in session.scalars(select(Image).order_by(Image.id)):
             members[image.shard_id].append(image)
         folders = {run.id: run.images_dir for run in session.scalars(select(IndexRun))}
+        retired = retired_groups(session)  # groups a remove run left in a shard are not damage
     if state is None:
         return []
     extractor = None
     results: list[ShardRepair] = []
     for shard in shards:
         rows = members.get(shard.id, [])
-        findings = shard_findings(db.layout.features_dir, shard, rows, deep=True)
+        findings = shard_findings(db.layout.features_dir, shard, rows, deep=True,
+                                  retired=retired.get(shard.filename, ()))
         if not findings or not rows:
             continue
         problem = ", ".join(sorted({finding.code for finding in findings}))

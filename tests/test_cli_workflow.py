@@ -118,3 +118,19 @@ def test_evaluate_and_predict_stopped_say_what_they_kept(indexed: Path, scene: S
     assert result.exit_code == 130
     assert result.stderr.strip().splitlines()[-1] == (
         "interrupted: the rows already in the output CSV are kept; run the same command again to resume")
+
+
+def test_remove_by_name_and_by_csv(indexed: Path, workdir: Path) -> None:
+    names = sorted(p.name for p in (workdir / "images").glob("*.jpg"))
+    result = invoke("remove", names[0], "--db", indexed)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("run ") and "removed 1 image(s)" in result.stdout
+    (workdir / "retire.csv").write_text("name\n" + "\n".join(names[1:3]) + "\n")
+    result = invoke("remove", "--csv", workdir / "retire.csv", "nowhere.jpg", "--db", indexed, "--json")
+    assert result.exit_code == 1  # one name was not indexed: said, and the others removed
+    assert json.loads(result.stdout)["removed"] == 2 and json.loads(result.stdout)["not_found"] == ["nowhere.jpg"]
+    shown = json.loads(invoke("inspect", "--db", indexed, "--json").stdout)
+    assert shown["images"] == len(names) - 3 and shown["runs"][0]["command"] == "remove"
+    assert invoke("audit", "--db", indexed, "--deep").exit_code == 0
+    result = invoke("remove", "--db", indexed)
+    assert result.exit_code == 2 and result.stderr.strip() == "error: name the images to remove, or give --csv FILE"

@@ -1,13 +1,16 @@
 """Kill anywhere: index runs killed at a random moment lose nothing and duplicate nothing.
 
-Each trial starts a real ``glueloc index`` (or ``glueloc reindex --retrain``) in a
-subprocess, sends SIGKILL (most trials), SIGINT or SIGTERM at a random moment between
-its start and a little past its expected end, then runs ``glueloc audit`` and the same
-command again, and finally checks with a deep audit that every labelled image is
-indexed exactly once. Three situations rotate so kills land in every phase: a new
-database (first batches, codebook training, the first FAISS file), an existing database
-growing (vectors appended with a trained codebook) and a codebook retrain (every vector
-replaced in one commit).
+Each trial starts a real ``glueloc index`` (or ``glueloc reindex --retrain``, or
+``glueloc remove``) in a subprocess, sends SIGKILL (most trials), SIGINT or SIGTERM at a
+random moment between its start and a little past its expected end, then runs
+``glueloc audit`` and the same command again, and finally checks with a deep audit that
+every labelled image is indexed exactly once. Four situations rotate so kills land in
+every phase: a new database (first batches, codebook training, the first FAISS file), an
+existing database growing (vectors appended with a trained codebook), a codebook retrain
+(every vector replaced in one commit) and a removal (rows, a shard and FAISS ids retired
+in one commit). A killed removal must have left the database exactly before or exactly
+after it; re-run after it went through, ``glueloc remove`` refuses in one line (none of
+the names is indexed any more), which is its right answer.
 
 Trials go on until ``GLUELOC_KILL_RUNS`` signals (default 100) have hit a running process; a
 run that finished before its signal is counted apart.
@@ -26,13 +29,34 @@ from pathlib import Path
 import pytest
 
 from glueloc.synthetic import SyntheticDataset
-from tests.reliability.common import (deep_audit_clean, image_names, index_args, labels, record, run_cli, run_count,
-                                      start_cli)
+from tests.reliability.common import (deep_audit_clean, image_names, index_args, labels, one_line_errors, record,
+                                      run_cli, run_count, start_cli)
 from tests.reliability.conftest import copy_db
 
 pytestmark = pytest.mark.slow
 
-SCENARIOS = ("new database", "growing database", "reindex --retrain")
+SCENARIOS = ("new database", "growing database", "reindex --retrain", "remove")
+#: Images the remove scenario retires from the half database, in id order: its first shard
+#: (batches of 4) whole, so a shard is collected, and one image of the second.
+REMOVED = 5
+
+
+def plan(trial: int) -> tuple[str, int]:
+    """The scenario and signal of one trial: SIGKILL mostly; every tenth trial a clean stop,
+    SIGINT and SIGTERM in turn, each pair on the next scenario, so that both clean stops hit
+    every scenario (a plain rotation would give them only every other one)."""
+    if trial % 10 == 9:
+        return SCENARIOS[(trial // 20) % len(SCENARIOS)], (signal.SIGINT, signal.SIGTERM)[(trial // 10) % 2]
+    return SCENARIOS[trial % len(SCENARIOS)], signal.SIGKILL
+
+
+def removal(db: Path) -> list[str]:
+    with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:
+        return [row[0] for row in connection.execute("select name from images order by id limit ?", (REMOVED,))]
+
+
+def remove_args(names: list[str], db: Path) -> list[str]:
+    return ["remove", *names, "--db", str(db)]
 
 
 def last_outcome(db: Path) -> str | None:
@@ -53,11 +77,15 @@ def test_kill_anywhere(tmp_path: Path, big_scene: SyntheticDataset, half_indexed
     half_db, full_csv = half_indexed
     images = big_scene.images_dir
     expected = set(labels(full_csv))
+    retired = removal(half_db)
+    half = set(image_names(half_db))
+    assert set(retired) < half
     # How long an uninterrupted run of each kind takes here: kills are drawn over that span.
     durations = {
         "new database": timed_full_run(index_args(full_csv, images, tmp_path / "t-new", 2)),
         "growing database": timed_full_run(index_args(full_csv, images, copy_db(half_db, tmp_path / "t-grow"), 2)),
         "reindex --retrain": timed_full_run(["reindex", "--db", str(copy_db(half_db, tmp_path / "t-re")), "--retrain"]),
+        "remove": timed_full_run(remove_args(retired, copy_db(half_db, tmp_path / "t-rm"))),
     }
     rng = random.Random(20261125)
     counts: Counter[str] = Counter()
@@ -65,17 +93,19 @@ def test_kill_anywhere(tmp_path: Path, big_scene: SyntheticDataset, half_indexed
     trial = 0
     while counts["kills delivered"] < trials and trial < 2 * trials:  # a run that ends first is not a kill
         trial += 1
-        scenario = SCENARIOS[trial % len(SCENARIOS)]
-        signum = (signal.SIGINT, signal.SIGTERM)[(trial // 10) % 2] if trial % 10 == 9 else signal.SIGKILL
+        scenario, signum = plan(trial)
         db = tmp_path / f"db{trial:03d}"
         if scenario == "new database":
             args, want = index_args(full_csv, images, db, 2), expected
         elif scenario == "growing database":
             copy_db(half_db, db)
             args, want = index_args(full_csv, images, db, 2), expected
-        else:
+        elif scenario == "reindex --retrain":
             copy_db(half_db, db)
             args, want = ["reindex", "--db", str(db), "--retrain"], set(image_names(db))
+        else:
+            copy_db(half_db, db)
+            args, want = remove_args(retired, db), half - set(retired)
         delay = rng.uniform(0.0, 1.1 * durations[scenario])
         runs_before = run_count(db)
         process = start_cli(*args)
@@ -108,8 +138,22 @@ def test_kill_anywhere(tmp_path: Path, big_scene: SyntheticDataset, half_indexed
                 problems.append(f"trial {trial} ({scenario}, {delay:.2f} s): audit: {audit_run.stdout[-400:]}")
         else:
             counts["killed before the database existed"] += 1
+        removed_already = False
+        if scenario == "remove" and (db / "glueloc.sqlite").exists():
+            now = image_names(db)
+            removed_already = sorted(now) == sorted(want)
+            if removed_already or sorted(now) == sorted(half):
+                counts[f"removals {'done' if removed_already else 'not done'} after the signal"] += 1
+            else:
+                problems.append(f"trial {trial} (remove, {delay:.2f} s): neither before nor after: "
+                                f"{len(now)} images, {sorted(set(retired) & set(now))[:3]} of the retired left")
         rerun = run_cli(*args)
-        if rerun.returncode != 0:
+        if removed_already:
+            if rerun.returncode != 2 or "none of" not in rerun.stderr or not one_line_errors(rerun.stderr):
+                problems.append(f"trial {trial} (remove): re-run after the removal went through: exit "
+                                f"{rerun.returncode}: {rerun.stderr[-300:]}")
+                continue
+        elif rerun.returncode != 0:
             problems.append(f"trial {trial} ({scenario}): re-run exit {rerun.returncode}: {rerun.stderr[-300:]}")
             continue
         counts["re-runs completed"] += 1
