@@ -7,6 +7,7 @@ would otherwise hide an upward dependency until the line runs).
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,10 +109,11 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
-def test_a_folder_name_is_not_a_package() -> None:
+def test_a_folder_name_is_not_a_package(tmp_path: Path) -> None:
     """``import query`` from the repository root fails with a message naming the real one."""
-    done = subprocess.run([sys.executable, "-c", "import query"], cwd=ROOT, capture_output=True, text=True)
+    beside = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}  # the checkout first on sys.path
+    done = subprocess.run([sys.executable, "-c", "import query"], cwd=ROOT, env=beside, capture_output=True, text=True)
     assert done.returncode != 0 and "import glueloc.query, not query" in done.stderr
-    done = subprocess.run([sys.executable, "-c", "import glueloc.query, glueloc.cli"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", "import glueloc.query, glueloc.cli"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -19,11 +19,10 @@ import pytest
 from glueloc.storage.audit import audit
 from glueloc.storage.layout import Layout
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def start_index(workdir: Path, db: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)  # glueloc as installed (editable or the wheel), nothing from PYTHONPATH
     return subprocess.Popen(
         [sys.executable, "-m", "glueloc", "index", str(workdir / "labels.csv"), "--images", str(workdir / "images"),
          "--db", str(db), "--batch-size", "2", "--no-progress", "--extractor", "sift"],
