@@ -20,6 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from glueloc.core.errors import GluelocError
 
@@ -99,13 +100,15 @@ def check_name(name: str, images_root: Path) -> tuple[Path | None, str | None]:
     return resolved, None
 
 
-def read_labels(csv_path: Path, images_dir: Path) -> list[LabelRow]:
-    """Parse and validate the whole CSV; raises :class:`LabelsError` listing every problem."""
+def open_csv(csv_path: Path, kind: str, expected: str) -> tuple[list[str], Any]:
+    """A user's CSV decoded safely, as (header, reader of the remaining rows).
+
+    Untrusted text: UTF-8 only (a byte-order mark tolerated), no NUL bytes, a header
+    required. ``kind`` names the file in "not found" ("labels file"); ``expected`` says
+    what header was wanted when there is none. The reader's ``line_num`` gives each row's line.
+    """
     if not csv_path.is_file():
-        raise GluelocError(f"{csv_path}: labels file not found")
-    if not images_dir.is_dir():
-        raise GluelocError(f"{images_dir}: image folder not found")
-    images_root = images_dir.resolve()
+        raise GluelocError(f"{csv_path}: {kind} not found")
     try:
         text = csv_path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -119,7 +122,16 @@ def read_labels(csv_path: Path, images_dir: Path) -> list[LabelRow]:
     try:
         header = next(reader)
     except StopIteration:
-        raise GluelocError(f"{csv_path.name}: empty file; expected a header 'name,x,y'") from None
+        raise GluelocError(f"{csv_path.name}: empty file; expected {expected}") from None
+    return header, reader
+
+
+def read_labels(csv_path: Path, images_dir: Path) -> list[LabelRow]:
+    """Parse and validate the whole CSV; raises :class:`LabelsError` listing every problem."""
+    header, reader = open_csv(csv_path, "labels file", "a header 'name,x,y'")
+    if not images_dir.is_dir():
+        raise GluelocError(f"{images_dir}: image folder not found")
+    images_root = images_dir.resolve()
     columns = [c.strip().lower() for c in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:

@@ -601,6 +601,29 @@ def predict(
 
 
 @app.command()
+@user_errors("the service stopped; it never writes the database")
+def serve(
+    db: DbOption = DEFAULT_DB,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    token: Annotated[Optional[str], typer.Option(envvar="GLUELOC_SERVE_TOKEN",
+                                                 help="Require this token in the X-Glueloc-Token header.")] = None,
+    k: Annotated[Optional[int], typer.Option(min=1, help="Candidates to retrieve and verify [default: the calibration's, else 10].")] = None,
+    retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
+    max_mb: Annotated[float, typer.Option(min=0.1, help="Largest request body, in MB.")] = 20.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds one request may take.")] = 30.0,
+) -> None:
+    """Serve localisation over HTTP with warm models and indexes, and a page to look at the answers."""
+    from glueloc.serve import ServeOptions
+    from glueloc.serve import serve as run_service
+
+    options = ServeOptions(query=_query_options(k, False, "auto", retrieval), token=token,
+                           max_bytes=int(max_mb * 1024 * 1024), timeout_seconds=timeout)
+    typer.echo(f"glueloc serve: http://{host}:{port}/ answering from {db} (Ctrl-C stops)", err=True)
+    run_service(Layout.at(db), host, port, options)
+
+
+@app.command()
 @user_errors()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the synthetic scene and its database go.")] = Path("demo-data"),

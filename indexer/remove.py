@@ -41,7 +41,6 @@ A removed name can be indexed again (``glueloc index`` sees it as new).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import tempfile
@@ -57,7 +56,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from glueloc.core.errors import DatabaseError, GluelocError, StorageWriteError
-from glueloc.core.labels import MAX_PROBLEMS_SHOWN, LabelsError, check_name
+from glueloc.core.labels import MAX_PROBLEMS_SHOWN, LabelsError, check_name, open_csv
 from glueloc.core.version import __version__
 from glueloc.indexer.pipeline import write_failed
 from glueloc.storage.audit import REMOVE_COMMAND, RETIRED_KEY
@@ -163,21 +162,7 @@ def read_names(csv_path: Path) -> list[str]:
     header, safe names. Every problem is listed, with its line, before anything is done.
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise GluelocError(f"{csv_path}: names file not found")
-    try:
-        text = csv_path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise GluelocError(f"{csv_path.name}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    except OSError as exc:
-        raise GluelocError(f"{csv_path.name}: cannot read ({exc.strerror})") from None
-    if "\x00" in text:
-        raise GluelocError(f"{csv_path.name}: contains NUL bytes; not a CSV text file")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise GluelocError(f"{csv_path.name}: empty file; expected a header with a 'name' column") from None
+    header, reader = open_csv(csv_path, "names file", "a header with a 'name' column")
     columns = [c.strip().lower() for c in header]
     if columns.count("name") != 1:
         what = "repeats" if columns.count("name") else "lacks"
