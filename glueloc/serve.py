@@ -22,6 +22,8 @@ and answers every request with it — the same code path, so the same answer as 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import hmac
 import io
 import logging
@@ -95,6 +97,21 @@ def committed_state(layout: Layout) -> tuple[Any, ...]:
         db.close()
 
 
+def release_freed_memory() -> None:
+    """Give the memory of a closed snapshot back to the system.
+
+    A snapshot holds hundreds of MB (Getty's vote index is ~600 MB); once the old one is
+    closed its memory is free, but glibc keeps freed heap pages, so without this every
+    reload would leave the service's RSS a snapshot larger. ``malloc_trim`` is glibc's;
+    elsewhere this does nothing.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        logger.debug("malloc_trim is not available here; freed memory stays with the process")
+
+
 class WarmLocalizer:
     """One open Localizer, swapped for a fresh one when the committed state moves.
 
@@ -136,6 +153,8 @@ class WarmLocalizer:
         with self.lock:
             old, self.localizer, self.state = self.localizer, fresh, state
         old.close()
+        del old
+        release_freed_memory()
         logger.info("now answering from %d images (FAISS %s)", len(fresh.images), state[0])
         return True
 
