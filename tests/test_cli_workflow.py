@@ -134,3 +134,11 @@ def test_remove_by_name_and_by_csv(indexed: Path, workdir: Path) -> None:
     assert invoke("audit", "--db", indexed, "--deep").exit_code == 0
     result = invoke("remove", "--db", indexed)
     assert result.exit_code == 2 and result.stderr.strip() == "error: name the images to remove, or give --csv FILE"
+
+
+def test_the_demo_runs_end_to_end_at_a_small_size(tmp_path: Path) -> None:
+    """`make demo`'s command (README's first command) at a size the suite can afford."""
+    result = invoke("demo", "--workdir", tmp_path / "demo", "--places", 10, "--queries", 2)
+    assert result.exit_code == 0, result.output
+    assert "audit: clean" in result.stdout and "calibrated on 10 held-out places" in result.stdout
+    assert "demo: queries=2 unreadable=0 mae=" in result.stdout
