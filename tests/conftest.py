@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import glueloc
 from glueloc.synthetic import SyntheticDataset, write_dataset
 
 
