@@ -9,6 +9,7 @@ one snapshot of the database and answers every query from it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from glueloc.core.errors import BadImageError, DatabaseError, GluelocError
@@ -17,6 +18,7 @@ from glueloc.indexer.pipeline import IndexOptions, IndexRunner, IndexSummary
 from glueloc.indexer.repair import repair
 from glueloc.query.calibrate import CalibrationOptions, CalibrationResult, calibrate
 from glueloc.query.localizer import Localizer, Location, QueryOptions
+from glueloc.query.retrieval import FUSED
 from glueloc.storage.audit import AuditReport, audit
 from glueloc.storage.layout import Layout
 
@@ -30,11 +32,18 @@ def index(db: Path, labels_csv: Path, images_dir: Path, options: IndexOptions | 
         rows, images_dir, {"labels": str(labels_csv), "images": str(images_dir), "api": True})
 
 
-def calibrate_database(db: Path, options: CalibrationOptions | None = None) -> CalibrationResult:
-    """Fit and record the database's calibration on its own held-out places (``glueloc calibrate``)."""
+def calibrate_database(db: Path, options: CalibrationOptions | None = None, retrieval: str = FUSED,
+                       progress: Callable[[int, int], None] | None = None) -> CalibrationResult:
+    """Fit and record the database's calibration on its own held-out places (``glueloc calibrate``).
+
+    Held-out places are queried with the longest shortlist compared and ranked by inliers
+    alone (the calibration being fitted cannot rank its own evidence); ``retrieval`` is the
+    shortlist the calibration is for, and ``progress(done, total)`` follows the places.
+    """
     options = options or CalibrationOptions()
-    with Localizer(Layout.at(db), QueryOptions(k=options.k_max, estimator="best")) as localizer:
-        return calibrate(localizer, options)
+    query = QueryOptions(k=options.k_max, estimator="best", retrieval=retrieval)
+    with Localizer(Layout.at(db), query) as localizer:
+        return calibrate(localizer, options, progress=progress)
 
 
 def locate(db: Path, photo: Path, options: QueryOptions | None = None) -> Location:

@@ -416,16 +416,15 @@ def calibrate(
 def _calibrate(db: Path, places: int, shortlists: tuple[int, ...], seed: int, retrieval: str,
                progress: bool) -> "CalibrationResult":
     """Hold out places of the database, fit, and record the calibration (``glueloc calibrate``)."""
+    from glueloc.api import calibrate_database
     from glueloc.query.calibrate import CalibrationOptions
-    from glueloc.query.calibrate import calibrate as run_calibration
-    from glueloc.query.localizer import Localizer
 
     options = CalibrationOptions(places=places, seed=seed,
                                  **({"shortlists": tuple(sorted(set(shortlists)))} if shortlists else {}))
-    with Localizer(Layout.at(db), _query_options(options.k_max, False, "best", retrieval)) as localizer, \
-            _progress(progress) as bar:
-        task = bar.add_task("holding out places", total=min(places, len(set(localizer.positions.values()))))
-        return run_calibration(localizer, options, progress=lambda done, total: bar.update(task, completed=done))
+    with _progress(progress) as bar:
+        task = bar.add_task("holding out places", total=None)
+        return calibrate_database(db, options, retrieval,
+                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
 def _calibration_summary(result: "CalibrationResult") -> dict[str, Any]:
@@ -650,15 +649,13 @@ def demo(
     report = run_audit(layout)
     typer.echo(f"audit: {'clean' if report.clean else [f.message for f in report.errors]}")
     from glueloc.query.calibrate import MIN_PLACES, CalibrationOptions, variant
-    from glueloc.query.calibrate import calibrate as run_calibration
 
     if places >= MIN_PLACES:
-        options = CalibrationOptions(places=places)
-        with Localizer(layout, _query_options(options.k_max, False, "best", DEFAULT_RETRIEVAL)) as localizer:
-            fitted = run_calibration(localizer, options)
-        chosen, plain = variant(fitted.rule, fitted.k), variant("inliers", min(options.shortlists))
+        fitted = _calibrate(layout.root, places, (), 0, DEFAULT_RETRIEVAL, progress=False)
+        shortest = min(CalibrationOptions().shortlists)
+        chosen, plain = variant(fitted.rule, fitted.k), variant("inliers", shortest)
         typer.echo(f"calibrated on {fitted.held_out} held-out places: k {fitted.k}, rule {fitted.rule}, cross-validated "
-                   f"MAE {fitted.metrics[chosen]['mae']:.2f} (most inliers of the top {min(options.shortlists)}: "
+                   f"MAE {fitted.metrics[chosen]['mae']:.2f} (most inliers of the top {shortest}: "
                    f"{fitted.metrics[plain]['mae']:.2f})")
         typer.echo(_resection_line(fitted))
     else:
