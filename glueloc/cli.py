@@ -360,7 +360,7 @@ def query(
             _note_uncalibrated(localizer, db)
         if viz is not None and result.neighbours:
             best = result.used[0] if result.used else max(result.neighbours, key=lambda n: n.inliers)
-            save_rgb(viz, match_picture(localizer, image, best))
+            save_rgb(viz, match_picture(localizer, image, best.image_id))
         if map_png is not None:
             db_xy = np.array([(i.x, i.y) for i in localizer.images.values()])
             estimate = (result.x, result.y) if result.x is not None else None

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from glueloc.core.errors import GluelocError
-from glueloc.query.evidence import Neighbour
 from glueloc.query.localizer import Localizer
 from glueloc.query.verify import verify_pair
 from glueloc.vision.images import load_image
@@ -21,9 +20,10 @@ from glueloc.viz import draw_matches
 logger = logging.getLogger(__name__)
 
 
-def match_picture(localizer: Localizer, path: Path, neighbour: Neighbour) -> np.ndarray:
-    """The query at ``path`` and one of its neighbours side by side with their matches (``query --viz``)."""
-    db_image = localizer.images[neighbour.image_id]
+def match_picture(localizer: Localizer, path: Path, image_id: int) -> np.ndarray:
+    """The query at ``path`` and the database image ``image_id`` side by side with their matches
+    (``query --viz``, ``serve``'s ``/match.png``)."""
+    db_image = localizer.images[image_id]
     if db_image.path is None or not db_image.path.is_file():
         raise GluelocError(f"{db_image.name}: the database image is no longer at {db_image.path}; cannot draw it")
     query = load_image(path, localizer.options.max_pixels)

@@ -43,17 +43,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image as PILImage
-from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glueloc.core.errors import BadImageError, GluelocError
 from glueloc.pictures import match_picture
 from glueloc.query.localizer import Localizer, QueryOptions
 from glueloc.storage import inspect as inspect_db
-from glueloc.storage.database import open_database
+from glueloc.storage.database import Database
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import is_locked
-from glueloc.storage.models import Calibration, StoreState
 from glueloc.vision.images import load_image
 from glueloc.viz import draw_map
 
@@ -85,16 +83,21 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK or host.startswith("127.")
 
 
-def committed_state(layout: Layout) -> tuple[Any, ...]:
-    """What a snapshot depends on: the FAISS file, the codebook and the newest calibration."""
-    db = open_database(layout)
-    try:
-        with db.session() as session:
-            row = session.execute(select(StoreState.faiss_file, StoreState.codebook_id)).first()
-            calibration = session.scalar(select(func.max(Calibration.id)))
-        return (None, None, calibration) if row is None else (row[0], row[1], calibration)
-    finally:
-        db.close()
+def committed_state(db: Database, retrieval: str) -> tuple[str | None, int | None, int | None]:
+    """What a snapshot for ``retrieval`` would be made of now: the FAISS file, the codebook
+    and the calibration it would use (query.snapshot reads the same three)."""
+    with db.session() as session:
+        state = db.state(session)
+        if state is None:
+            return None, None, None
+        calibration = None if state.codebook_id is None else db.calibration(session, state.codebook_id, retrieval)
+        return state.faiss_file, state.codebook_id, None if calibration is None else calibration.id
+
+
+def snapshot_of(localizer: Localizer) -> tuple[str | None, int | None, int | None]:
+    """The same three for the snapshot a Localizer answers from."""
+    calibration = localizer.calibration
+    return localizer.state.faiss_file, localizer.state.codebook_id, None if calibration is None else calibration.id
 
 
 def release_freed_memory() -> None:
@@ -123,7 +126,6 @@ class WarmLocalizer:
     def __init__(self, layout: Layout, options: ServeOptions) -> None:
         self.layout, self.options = layout, options
         self.lock = threading.Lock()
-        self.state = committed_state(layout)
         self.localizer = Localizer(layout, options.query)
         self.waiting = 0
         self._stop = threading.Event()
@@ -146,16 +148,15 @@ class WarmLocalizer:
         """
         if is_locked(self.layout.lock_path):
             return False
-        state = committed_state(self.layout)
-        if state == self.state:
+        # Only this thread swaps, so the Localizer read here stays open while its database is read.
+        if committed_state(self.localizer.db, self.options.query.retrieval) == snapshot_of(self.localizer):
             return False
         fresh = Localizer(self.layout, self.options.query)
         with self.lock:
-            old, self.localizer, self.state = self.localizer, fresh, state
-        old.close()
+            old, self.localizer = self.localizer, fresh
         del old
         release_freed_memory()
-        logger.info("now answering from %d images (FAISS %s)", len(fresh.images), state[0])
+        logger.info("now answering from %d images (FAISS %s)", len(fresh.images), fresh.state.faiss_file)
         return True
 
     def run(self, work: Callable[[Localizer], Any]) -> Any:
@@ -285,7 +286,7 @@ def create_app(layout: Layout, options: ServeOptions) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         localizer = warm.localizer
-        return {"status": "ok", "images": len(localizer.images), "faiss_file": warm.state[0],
+        return {"status": "ok", "images": len(localizer.images), "faiss_file": localizer.state.faiss_file,
                 "calibration": None if localizer.calibration is None else localizer.calibration.id,
                 "ranked_by": localizer.ranked_by}
 
@@ -317,9 +318,7 @@ def create_app(layout: Layout, options: ServeOptions) -> FastAPI:
             chosen = next((i for i in localizer.images.values() if i.name == wanted), None)
             if chosen is None:
                 raise ServiceError(404, f"no database image named {wanted!r} (form field 'neighbour')")
-            from glueloc.query.evidence import Neighbour
-
-            return match_picture(localizer, path, Neighbour(chosen.id, chosen.name, chosen.x, chosen.y, 0.0, 0, 0, 0.0))
+            return match_picture(localizer, path, chosen.id)
         return _png(await answer(with_upload(name, data, draw)))
 
     @app.get("/map.png")
