@@ -77,8 +77,9 @@ class Localizer:
         self.options = options or QueryOptions()
         if self.options.retrieval not in RETRIEVALS:
             raise GluelocError(f"unknown retrieval {self.options.retrieval!r} ({', '.join(RETRIEVALS)})")
-        if self.options.estimator not in (AUTO, CALIBRATED, *ESTIMATORS):
-            raise GluelocError(f"unknown estimator {self.options.estimator!r}")
+        known = (AUTO, CALIBRATED, *ESTIMATORS)
+        if self.options.estimator not in known:
+            raise GluelocError(f"unknown estimator {self.options.estimator!r} ({', '.join(known)})")
         self.db = open_database(layout)
         try:
             snapshot = open_snapshot(self.db, self.options.retrieval)
