@@ -117,19 +117,25 @@ class VLADCodebook:
         return unit_rows(vector).astype(np.float32)
 
     def project(self, raw: np.ndarray) -> np.ndarray:
-        """PCA-whiten (if trained) and L2-normalise rows of raw VLAD vectors."""
+        """PCA-whiten (if trained) and L2-normalise rows of raw VLAD vectors (single-threaded:
+        BLAS splits this product along its sum by thread count)."""
+        with single_threaded():
+            return self._project(raw)
+
+    def _project(self, raw: np.ndarray) -> np.ndarray:
         raw = np.atleast_2d(raw).astype(np.float32)
         if self.pca_matrix is None:
             return unit_rows(raw)
-        with single_threaded():  # BLAS splits this product along its sum by thread count
-            projected = raw @ self.pca_matrix.T + self.pca_bias
+        projected = raw @ self.pca_matrix.T + self.pca_bias
         zero = ~raw.any(axis=1)  # an image without descriptors stays the zero vector
         projected[zero] = 0.0
         return unit_rows(projected).astype(np.float32)
 
     def aggregate(self, descriptors: np.ndarray) -> np.ndarray:
-        """One image's global vector (length :attr:`dim`, unit norm unless it has no descriptors)."""
-        return self.project(self.raw(descriptors))[0]
+        """One image's global vector (length :attr:`dim`, unit norm unless it has no descriptors);
+        both steps in one single-threaded section."""
+        with single_threaded():
+            return self._project(self._raw(descriptors))[0]
 
 
 def _sample_rows(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -165,7 +171,7 @@ def _train_codebook(descriptor_sets: Iterable[np.ndarray], conf: Mapping[str, An
     codebook = VLADCodebook(conf=dict(conf), centroids=centroids, pca_matrix=None, pca_bias=None)
     out_dim = min(int(conf["pca_dim"]), len(sets) - 1, codebook.dim)
     if int(conf["pca_dim"]) > 0 and out_dim >= 8:
-        raws = np.stack([codebook.raw(s) for s in sets])
+        raws = np.stack([codebook._raw(s) for s in sets])  # already single-threaded (train_codebook)
         pca = faiss.PCAMatrix(raws.shape[1], out_dim, -0.5 if conf["whiten"] else 0.0)
         pca.train(np.ascontiguousarray(raws))
         matrix = faiss.vector_to_array(pca.A).reshape(out_dim, raws.shape[1]).astype(np.float32)
