@@ -180,10 +180,12 @@ def index(
             raise GluelocError(f"run {summary.run_id} is committed, but the database could not be calibrated: {exc}") from exc
         if not json_out:
             _print_calibration(fitted)
+    if summary.rejections:
+        # The next step is to fix the rejected images and index again, not to calibrate a
+        # database that run would change; the report stays the run's own lines.
+        raise typer.Exit(1)
     if not json_out:
         typer.echo(_calibration_line(_calibration_status(db), db))
-    if summary.rejections:
-        raise typer.Exit(1)
 
 
 @app.command()
