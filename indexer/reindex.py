@@ -1,7 +1,8 @@
 """(Re)build every global vector: train a codebook, aggregate, publish — as one commit.
 
 Runs at the end of the first index run of a database (the codebook is trained on the
-images that run indexed), and on demand as ``glueloc reindex [--retrain]``. Everything
+images that run indexed), and on demand as ``glueloc reindex [--retrain]`` — which, in
+a database that embeds images, retrains its retrieval model too (``indexer.train``). Everything
 new is written to fresh immutable files first (codebook, vector shards, FAISS); a single
 SQLite transaction then makes them current and drops the old vector shards' rows, whose
 files the next writer deletes. Killed at any point, the database still serves the
@@ -23,6 +24,7 @@ from sqlalchemy import delete, select, update
 from glueloc.core.version import __version__
 from glueloc.core.errors import DatabaseError
 from glueloc.vision import vlad
+from glueloc.indexer.train import train_retrieval_model
 from glueloc.storage.database import Database, open_database
 from glueloc.storage.garbage import collect_garbage
 from glueloc.storage.layout import Layout
@@ -44,6 +46,7 @@ class ReindexSummary:
     images: int
     dim: int
     seconds: float = 0.0
+    model_id: int | None = None  # the retrieval model --retrain trained too, if the database embeds images
 
 
 def _images_by_shard(db: Database) -> dict[str, list[tuple[int, str]]]:
@@ -164,6 +167,9 @@ def reindex(layout: Layout, retrain: bool, conf_overrides: dict[str, Any] | None
             try:
                 result = rebuild_global_vectors(db, run.id, retrain=retrain, conf_overrides=conf_overrides,
                                                 exact_limit=exact_limit)
+                model_id = None
+                if retrain and _embeds_images(db):
+                    model_id = train_retrieval_model(db, run.id, exact_limit=exact_limit).model_id
                 outcome = "completed"
             except BaseException as exc:  # KeyboardInterrupt too: record it, then re-raise
                 outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -176,4 +182,11 @@ def reindex(layout: Layout, retrain: bool, conf_overrides: dict[str, Any] | None
                     live.outcome, live.finished_at, live.message = outcome, utcnow(), message
         finally:
             db.close()
-    return ReindexSummary(result.codebook_id, result.trained, result.images, result.dim, time.perf_counter() - started)
+    return ReindexSummary(result.codebook_id, result.trained, result.images, result.dim, time.perf_counter() - started,
+                          model_id)
+
+
+def _embeds_images(db: Database) -> bool:
+    with db.session() as session:
+        state = db.state(session)
+        return state is not None and state.embedder is not None

@@ -5,15 +5,16 @@ protocol as an index batch (indexer.pipeline), under the same writer lock:
 
 1. validate every name (as the labels CSV's names are: no path escapes) and look them
    up; names that are not indexed are reported, not fatal, unless none is indexed;
-2. write a new FAISS file without the removed ids (temporary name, fsync, rename);
+2. write new FAISS files without the removed ids — the global vectors' and, when the
+   database has one, the retrieval model's (temporary name, fsync, rename);
 3. in one SQLite transaction: delete the image rows and their ``coordinate_changes``
    (whose foreign key needs the image; their content is copied into the run's record),
    delete the ``feature_shards`` / ``vector_shards`` rows that no live image points to
-   any more, point ``store_state`` at the new FAISS file, and record the run
+   any more, point ``store_state`` at the new FAISS files, and record the run
    (``command="remove"``, the names asked, what was retired, the outcome, the names not
    found as rejections) — and commit;
 4. delete the files the catalogue no longer references (``storage.garbage``): the old
-   FAISS file and the shards left without a live image.
+   FAISS files and the shards left without a live image.
 
 Killed before the commit, the catalogue is exactly as before (not even a run row is
 left: the run is recorded by the commit that removes) and the new FAISS file is an
@@ -64,7 +65,7 @@ from glueloc.storage.database import Database, open_database
 from glueloc.storage.garbage import collect_garbage
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import WriterLock
-from glueloc.storage.models import (CoordinateChange, FeatureShard, Image, IndexRun, Rejection, StoreState,
+from glueloc.storage.models import (CoordinateChange, FeatureShard, Image, IndexRun, Rejection,
                                     VectorShard, utcnow)
 from glueloc.storage.vectors import VectorIndex
 
@@ -262,9 +263,15 @@ def _remove_locked(db: Database, wanted: list[str], arguments: dict[str, Any]) -
                 logger.info("removed %d leftover file(s) of interrupted runs", leftovers)
             targets = [found[name] for name in wanted if name in found]
             not_found = [name for name in wanted if name not in found]
-            faiss = _faiss_without(db, state, targets)
+            faiss = None if state is None else _faiss_without(
+                db, state.faiss_file, state.faiss_count, [t.id for t in targets if t.vector_shard_id is not None])
             if faiss is not None:
                 published.append(faiss[0])
+            # Every image has a vector in the retrieval model's index once the model exists.
+            model_faiss = None if state is None or state.model_id is None else _faiss_without(
+                db, state.model_faiss_file, state.model_faiss_count, [t.id for t in targets])
+            if model_faiss is not None:
+                published.append(model_faiss[0])
             retired = _retire(session, targets)
             shards = _collect_rows(session, FeatureShard, Image.shard_id, {t.shard_id for t in targets})
             vector_shards = _collect_rows(session, VectorShard, Image.vector_shard_id,
@@ -272,6 +279,9 @@ def _remove_locked(db: Database, wanted: list[str], arguments: dict[str, Any]) -
             if faiss is not None:
                 assert state is not None
                 state.faiss_file, state.faiss_count = faiss
+            if model_faiss is not None:
+                assert state is not None
+                state.model_faiss_file, state.model_faiss_count = model_faiss
             outcome = "completed_with_rejections" if not_found else "completed"
             message = (f"removed {len(targets)} image(s); {len(not_found)} name(s) not indexed; collected "
                        f"{shards} feature shard(s) and {vector_shards} vector shard(s)")
@@ -296,18 +306,18 @@ def _remove_locked(db: Database, wanted: list[str], arguments: dict[str, Any]) -
                          vector_shards_collected=vector_shards, faiss_file=faiss_file)
 
 
-def _faiss_without(db: Database, state: StoreState | None, targets: list[_Target]) -> tuple[str, int] | None:
-    """Publish a new FAISS file without the targets' vectors; (its name, its count), or None if unchanged."""
-    ids = np.array([t.id for t in targets if t.vector_shard_id is not None], dtype=np.int64)
-    if state is None or state.faiss_file is None or not len(ids):
+def _faiss_without(db: Database, faiss_file: str | None, faiss_count: int, image_ids: list[int]) -> tuple[str, int] | None:
+    """Publish a new FAISS file without the vectors of ``image_ids``; (its name, its count), or None if unchanged."""
+    ids = np.array(image_ids, dtype=np.int64)
+    if faiss_file is None or not len(ids):
         return None  # no vectors yet (the first codebook is not trained): FAISS has nothing of them
-    path = db.layout.vectors_dir / state.faiss_file
+    path = db.layout.vectors_dir / faiss_file
     try:
         index = VectorIndex.load(path)
     except RuntimeError as exc:
         raise DatabaseError(f"FAISS file {path.name} is unreadable ({str(exc).splitlines()[0]}); "
                             "run `glueloc audit --repair` first") from None
-    if index.count != state.faiss_count or not np.isin(ids, index.ids()).all():
+    if index.count != faiss_count or not np.isin(ids, index.ids()).all():
         raise DatabaseError(f"FAISS file {path.name} does not match the catalogue; run `glueloc audit --repair` first")
     before = index.count
     smaller = index.remove(ids)  # the exact index in place, HNSW rebuilt
@@ -354,11 +364,11 @@ def _discard_unless_current(db: Database, published: list[str]) -> None:
     try:
         with db.session() as session:
             state = db.state(session)
-            current = state.faiss_file if state is not None else None
+            current = {state.faiss_file, state.model_faiss_file} if state is not None else set()
     except Exception as exc:
         logger.warning("could not check the catalogue after a failed remove (%s); leaving %s for the next writer",
                        exc, ", ".join(published))
         return
     for name in published:
-        if name != current:
+        if name not in current:
             (db.layout.vectors_dir / name).unlink(missing_ok=True)

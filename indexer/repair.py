@@ -12,6 +12,7 @@ import logging
 from glueloc.core.version import __version__
 from glueloc.indexer.refeature import rebuild_damaged_shards
 from glueloc.indexer.reindex import rebuild_global_vectors
+from glueloc.indexer.train import rebuild_model_vectors, train_retrieval_model
 from glueloc.storage.audit import audit
 from glueloc.storage.database import open_database
 from glueloc.storage.garbage import collect_garbage
@@ -24,6 +25,11 @@ logger = logging.getLogger(__name__)
 FEATURE_CODES = {"shard-missing", "shard-changed", "shard-unreadable", "features-missing", "features-bad",
                  "features-orphan", "shard-unregistered"}
 CODEBOOK_CODES = {"codebook-missing", "codebook-unreadable", "codebook-changed", "codebook-dim"}
+#: The current retrieval model's own file is damaged: it is trained again (deterministic).
+MODEL_CODES = {"model-missing", "model-unreadable", "model-changed"}
+#: Its FAISS file disagrees with the rows: re-projected from the stored embeddings.
+MODEL_FAISS_CODES = {"model-faiss-missing", "model-faiss-unreadable", "model-faiss-count", "model-faiss-dim",
+                     "model-faiss-orphan", "model-faiss-incomplete", "model-faiss-stale"}
 
 
 def repair(layout: Layout) -> list[str]:
@@ -33,7 +39,8 @@ def repair(layout: Layout) -> list[str]:
     where their run found them, unchanged; global vectors derive from the local features
     and the codebook, and FAISS from the vectors. So damaged shards are re-extracted
     first, then every vector and the index are rebuilt (the codebook retrained only if
-    its own file is damaged). What cannot be derived — features whose image files are
+    its own file is damaged); the retrieval model's vectors are re-projected from the
+    stored embeddings, and the model itself retrained only if its file is damaged. What cannot be derived — features whose image files are
     gone or changed — is listed and left as it is.
     """
     actions: list[str] = []
@@ -63,6 +70,15 @@ def repair(layout: Layout) -> list[str]:
             else:
                 remaining = []
             features_ok = not (codes & FEATURE_CODES)
+            model_codes = codes & (MODEL_CODES | MODEL_FAISS_CODES)
+            codes -= MODEL_CODES | MODEL_FAISS_CODES
+            if features_ok and model_codes & MODEL_CODES:
+                trained = train_retrieval_model(db, run.id)
+                actions.append(f"retrained the retrieval model as {trained.model_id} ({trained.method}) from the "
+                               f"stored embeddings, and rebuilt its FAISS index")
+            elif features_ok and (model_codes or rebuilt_features):
+                if rebuild_model_vectors(db):
+                    actions.append("rebuilt the retrieval model's FAISS index from the stored embeddings")
             if features_ok and (codes or rebuilt_features):
                 retrain = bool(codes & CODEBOOK_CODES)
                 result = rebuild_global_vectors(db, run.id, retrain=retrain)

@@ -38,6 +38,7 @@ import numpy as np
 
 from glueloc.core.version import __version__
 from glueloc.core.errors import GluelocError
+from glueloc.core.places import near_radius
 from glueloc.query.bearings import InlierPoints
 from glueloc.query.evaluate import confidence_metrics, error_metrics
 from glueloc.query.localizer import Localizer
@@ -108,19 +109,6 @@ class CalibrationResult:
     resection: dict[str, dict[str, float | int]] = field(default_factory=dict)  # "fov<F>-<axes>" -> CV metrics
 
 
-def near_radius(positions: np.ndarray) -> float:
-    """90th percentile of each capture point's L1 distance to its nearest other point."""
-    places = np.unique(positions, axis=0)
-    if len(places) < 2:
-        raise GluelocError("calibration needs at least two capture points")
-    nearest = np.full(len(places), np.inf)
-    for start in range(0, len(places), 1024):  # blocks keep the distance matrix small
-        block = np.abs(places[start:start + 1024, None, :] - places[None, :, :]).sum(-1)
-        block[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
-        nearest[start:start + len(block)] = block.min(1)
-    return float(np.percentile(nearest, 90))
-
-
 def hold_out(localizer: Localizer, options: CalibrationOptions,
              progress: Callable[[int, int], None] | None = None) -> list[HeldOut]:
     """Run one view of each sampled capture point through the query path against the rest."""
@@ -136,8 +124,8 @@ def hold_out(localizer: Localizer, options: CalibrationOptions,
     for done, p in enumerate(sorted(chosen.tolist())):
         views = by_place[places[p]]
         image = localizer.images[views[int(rng.integers(len(views)))]]
-        features = localizer.reader.features(image.shard, image.name)
-        location, pairs = localizer.locate_with_evidence(image.name, features, exclude=places[p])
+        features, embedding = localizer.stored(image)
+        location, pairs = localizer.locate_with_evidence(image.name, features, exclude=places[p], embedding=embedding)
         samples.append(HeldOut(image.name, image.x, image.y, location.neighbours, location.seconds["total"], pairs))
         if progress is not None:
             progress(done + 1, len(chosen))
@@ -315,7 +303,8 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
                               metrics={"variants": metrics, "confidence": confidence, "radius": radius,
                                        "resection": resection},
                               held_out=len(samples), images=len(localizer.images),
-                              codebook_id=localizer.state.codebook_id, glueloc_version=__version__)
+                              codebook_id=localizer.state.codebook_id, model_id=localizer.state.model_id,
+                              glueloc_version=__version__)
             session.add(row)
             session.flush()
             calibration_id = row.id

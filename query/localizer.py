@@ -1,7 +1,8 @@
 """The query path joined up: ``Localizer(layout).locate(path)``.
 
 The path of one query, each step in its own module:
-extract (vision) -> shortlist (VLAD and descriptor votes in turns, query.retrieval)
+extract + embed (vision) -> shortlist (VLAD, descriptor votes and the learned image
+ranking in turns, query.retrieval)
 -> verify (matcher + RANSAC, query.verify) -> decide (the calibrated rule or an
 uncalibrated estimator, then resection when the calibration fitted a camera,
 query.decide).
@@ -28,13 +29,16 @@ from glueloc.query.bearings import InlierPoints
 from glueloc.query.decide import AUTO, CALIBRATED, Decision, calibration_in_use
 from glueloc.query.estimators import ESTIMATORS
 from glueloc.query.evidence import Estimate, Neighbour
-from glueloc.query.retrieval import FUSED, RETRIEVALS, VLAD, VOTES, Candidate, collapse_ranked, interleave, retrieve
-from glueloc.query.snapshot import open_snapshot
+from glueloc.query.retrieval import (FUSED, IMAGE, RETRIEVALS, VLAD, VOTES, Candidate, collapse_ranked, interleave,
+                                     retrieve)
+from glueloc.query.snapshot import DbImage, open_snapshot
 from glueloc.query.verify import verify_candidates
 from glueloc.query.votes import DescriptorVotes, ranked
 from glueloc.storage.database import open_database
 from glueloc.storage.features import FeatureReader
 from glueloc.storage.layout import Layout
+from glueloc.storage.vectors import VectorIndex
+from glueloc.vision.embedders import Embedder, load_recorded_embedder
 from glueloc.vision.extractors import Features, load_recorded_extractor
 from glueloc.vision.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.vision.matchers import load_matcher
@@ -58,6 +62,37 @@ class Location:
     ranked_by: str = ""  # which rule chose: "calibration <id> (rule ...)" or the uncalibrated estimator
     resected: bool = False  # placed by resection (query.resection), not only by the rule
     seconds: dict[str, float] = field(default_factory=dict)
+    deepened: int = 0  # candidates verified past k because the first k left the answer unsure
+
+
+#: Candidates verified per step of adaptive depth (about 0.45 s of LighterGlue on 2 cores).
+DEEPEN_STEP = 5
+
+
+def _chunks(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+@dataclass(frozen=True)
+class Rankings:
+    """The database ranked for one query by each signal (query.retrieval), best first."""
+
+    index: VectorIndex  # the global vectors' index, for similarities of candidates it did not rank
+    vector: np.ndarray  # the query's global (VLAD) vector
+    by_vector: list[Candidate]
+    by_votes: list[int]
+    counts: dict[int, int]  # descriptor votes per image id
+    by_image: list[int]  # by the learned image embedding
+
+    def fused(self, k: int, start: int = 0) -> list[int]:
+        """The shortlist: the rankings in turns, distinct ids, positions ``start`` to ``k``."""
+        return interleave([[c.image_id for c in self.by_vector], self.by_votes, self.by_image], k)[start:]
+
+    def candidates(self, chosen: list[int]) -> list[Candidate]:
+        similarity = {c.image_id: c.similarity for c in self.by_vector}
+        missing = [i for i in chosen if i not in similarity]
+        similarity.update(zip(missing, self.index.similarities(missing, self.vector)))
+        return [Candidate(i, similarity[i], self.counts.get(i, 0)) for i in chosen]
 
 
 @dataclass(frozen=True)
@@ -66,10 +101,17 @@ class QueryOptions:
     collapse: bool = False  # keep one image per capture position in the shortlist
     min_inliers: int = 15  # fewer RANSAC inliers do not count as verified
     estimator: str = AUTO  # auto, calibrated, or best / weighted-mean / cluster (query.decide)
-    retrieval: str = FUSED  # fused (VLAD and descriptor votes in turns), vlad or votes (query.retrieval)
+    retrieval: str = FUSED  # fused (every ranking in turns), vlad, votes or image (query.retrieval)
     geometry: str = "fundamental"  # or "homography"
     resection: bool = True  # place the query by resection when the calibration fitted a camera for it
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Adaptive depth (calibrated databases): when no verified candidate of the first k is
+    # at least ``deepen_below`` likely right, verify further down the fused rankings, a
+    # few at a time, up to ``deepen_to`` candidates or ``deepen_seconds`` of extra work.
+    # 0.5 is not tuned: below it the best candidate is more likely wrong than right.
+    deepen_to: int = 30
+    deepen_below: float = 0.5
+    deepen_seconds: float = 1.5
 
 
 class Localizer:
@@ -85,6 +127,14 @@ class Localizer:
             snapshot = open_snapshot(self.db, self.options.retrieval)
             self.state, self.codebook, self.index, self.images = (snapshot.state, snapshot.codebook,
                                                                   snapshot.index, snapshot.images)
+            # The learned image ranking, when the database has one (query.retrieval).
+            self.model = snapshot.model if self.options.retrieval in (FUSED, IMAGE) else None
+            if self.options.retrieval == IMAGE and self.model is None:
+                raise GluelocError(f"database {layout.root} has no retrieval model"
+                                   + ("" if self.state.embedder else " (it was indexed without image embeddings)")
+                                   + ": run `glueloc train`, or choose another --retrieval")
+            self.embedder: Embedder | None = None if self.model is None else load_recorded_embedder(
+                self.state.embedder or "", self.state.embedder_version or "", self.state.embedder_config or {})
             self.positions = snapshot.positions
             self.calibration = calibration_in_use(snapshot.calibration, self.options.estimator, layout.root)
             self.decision = Decision(self.options.estimator, self.calibration, self.options.min_inliers,
@@ -99,7 +149,7 @@ class Localizer:
             raise
         self.reader = FeatureReader(layout.features_dir)
         self.votes: DescriptorVotes | None = None
-        if self.options.retrieval != VLAD:
+        if self.options.retrieval in (FUSED, VOTES):
             # Exactly the snapshot's images, read from their immutable shards (query.votes).
             try:
                 self.votes = DescriptorVotes.build(
@@ -121,28 +171,57 @@ class Localizer:
         image = load_image(path, self.options.max_pixels)
         features = self.extractor.extract(image.rgb)
         timings["extract"] = time.perf_counter() - clock
-        return self.locate_features(path.name, features, timings)
+        embedding = None
+        if self.embedder is not None:
+            clock = time.perf_counter()
+            embedding = self.embedder.embed(image.rgb)
+            timings["embed"] = time.perf_counter() - clock
+        return self.locate_features(path.name, features, timings, embedding=embedding)
+
+    def stored(self, image: DbImage) -> tuple[Features, np.ndarray | None]:
+        """A database image's stored features and (when the ranking needs it) embedding:
+        how ``glueloc calibrate`` queries with a held-out photo without decoding it again."""
+        features = self.reader.features(image.shard, image.name)
+        return features, None if self.model is None else self.reader.embedding(image.shard, image.name)
 
     def locate_features(self, name: str, features: Features, timings: dict[str, float] | None = None,
-                        exclude: tuple[float, float] | None = None) -> Location:
+                        exclude: tuple[float, float] | None = None, embedding: np.ndarray | None = None) -> Location:
         """The query path after extraction; ``exclude`` leaves out every database image at
-        that position (how ``glueloc calibrate`` holds a capture point out)."""
-        return self.locate_with_evidence(name, features, timings, exclude)[0]
+        that position (how ``glueloc calibrate`` holds a capture point out); ``embedding``:
+        the query's raw image embedding, needed when the database ranks by it."""
+        return self.locate_with_evidence(name, features, timings, exclude, embedding)[0]
 
     def locate_with_evidence(self, name: str, features: Features, timings: dict[str, float] | None = None,
-                             exclude: tuple[float, float] | None = None) -> tuple[Location, list[InlierPoints]]:
+                             exclude: tuple[float, float] | None = None, embedding: np.ndarray | None = None
+                             ) -> tuple[Location, list[InlierPoints]]:
         """:meth:`locate_features`, also returning each neighbour's verified correspondences
         (what ``glueloc calibrate`` needs to fit the camera used for resection)."""
         timings = {} if timings is None else timings
-        candidates = self.shortlist(features, exclude, timings)
+        deepen = self.decision.uses_calibration and self.options.deepen_to > self.k
+        found = self.rankings(features, exclude, timings, embedding,
+                              depth=self.options.deepen_to if deepen else self.k)
+        candidates = found.candidates(found.fused(self.k))
 
         clock = time.perf_counter()
         neighbours, pairs = self.verify(features, candidates)
         timings["verify"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        answer, neighbours, placed = self.decide(neighbours, pairs)
+        answer, decided, placed = self.decide(neighbours, pairs)
         timings["decide"] = time.perf_counter() - clock
+        deepened = 0
+        if deepen and self._unsure(decided):
+            clock = time.perf_counter()
+            for extra in _chunks(found.fused(self.options.deepen_to, start=self.k), DEEPEN_STEP):
+                more = found.candidates(extra)
+                checked, more_pairs = self.verify(features, more)
+                candidates, neighbours, pairs = candidates + more, neighbours + checked, pairs + more_pairs
+                deepened += len(more)
+                answer, decided, placed = self.decide(neighbours, pairs)
+                if not self._unsure(decided) or time.perf_counter() - clock > self.options.deepen_seconds:
+                    break
+            timings["deepen"] = time.perf_counter() - clock
+        neighbours = decided
         timings["total"] = sum(timings.values())
         location = Location(
             query=name,
@@ -157,20 +236,42 @@ class Localizer:
             ranked_by=self.ranked_by,
             resected=placed,
             seconds={k: round(v, 4) for k, v in timings.items()},
+            deepened=deepened,
         )
         return location, pairs
 
+    def _unsure(self, neighbours: list[Neighbour]) -> bool:
+        """Whether no verified candidate is at least ``deepen_below`` likely to be right."""
+        best = max((n.probability or 0.0 for n in neighbours if n.inliers >= self.options.min_inliers), default=0.0)
+        return best < self.options.deepen_below
+
     def shortlist(self, features: Features, exclude: tuple[float, float] | None = None,
-                  timings: dict[str, float] | None = None) -> list[Candidate]:
+                  timings: dict[str, float] | None = None, embedding: np.ndarray | None = None) -> list[Candidate]:
         """The k candidates to verify, drawn as ``options.retrieval`` says (query.retrieval).
 
-        ``timings`` gets the seconds of the two rankings: ``retrieve`` (global vector) and ``votes``.
+        ``timings`` gets the seconds of the rankings: ``retrieve`` (global vector and image
+        embedding) and ``votes``.
         """
+        found = self.rankings(features, exclude, timings, embedding)
+        return found.candidates(found.fused(self.k))
+
+    def rankings(self, features: Features, exclude: tuple[float, float] | None = None,
+                 timings: dict[str, float] | None = None, embedding: np.ndarray | None = None,
+                 depth: int | None = None) -> Rankings:
+        """Each ranking ``options.retrieval`` uses, ``depth`` (default k) deep, best first."""
         timings = {} if timings is None else timings
+        depth = self.k if depth is None else depth
+        if self.model is not None and embedding is None:
+            raise GluelocError("this database also ranks by image embedding: the query's embedding is needed")
         clock = time.perf_counter()
         vector = self.codebook.aggregate(features.descriptors)
         excluded = [] if exclude is None else [i for i, where in self.positions.items() if where == exclude]
-        by_vector = self._by_vector(vector, excluded) if self.options.retrieval != VOTES else []
+        by_vector = (self._by_vector(self.index, vector, excluded, depth)
+                     if self.options.retrieval in (FUSED, VLAD) else [])
+        by_image: list[int] = []
+        if self.model is not None:
+            projected = self.model.projection.project(embedding)[0]
+            by_image = [c.image_id for c in self._by_vector(self.model.index, projected, excluded, depth)]
         timings["retrieve"] = time.perf_counter() - clock
         counts: dict[int, int] = {}
         by_votes: list[int] = []
@@ -179,22 +280,19 @@ class Localizer:
             counts = self.votes.count(features.descriptors, excluded)
             by_votes = ranked(counts)
             if self.options.collapse:
-                by_votes = collapse_ranked(np.array(by_votes, dtype=np.int64), self.positions, self.k)
+                by_votes = collapse_ranked(np.array(by_votes, dtype=np.int64), self.positions, depth)
+            by_votes = by_votes[:depth]
             timings["votes"] = time.perf_counter() - clock
-        chosen = interleave([[c.image_id for c in by_vector], by_votes[:self.k]], self.k)
-        similarity = {c.image_id: c.similarity for c in by_vector}
-        missing = [i for i in chosen if i not in similarity]
-        similarity.update(zip(missing, self.index.similarities(missing, vector)))
-        return [Candidate(i, similarity[i], counts.get(i, 0)) for i in chosen]
+        return Rankings(self.index, vector, by_vector, by_votes, counts, by_image)
 
-    def _by_vector(self, vector: np.ndarray, excluded: list[int]) -> list[Candidate]:
+    def _by_vector(self, index: VectorIndex, vector: np.ndarray, excluded: list[int], depth: int) -> list[Candidate]:
         positions = self.positions if self.options.collapse else None
         if not excluded:
-            return retrieve(self.index, vector, self.k, positions)
+            return retrieve(index, vector, depth, positions)
         # Fetch past every excluded image, then drop them.
         dropped = set(excluded)
-        kept = [c for c in retrieve(self.index, vector, self.k + len(dropped), positions) if c.image_id not in dropped]
-        return kept[:self.k]
+        kept = [c for c in retrieve(index, vector, depth + len(dropped), positions) if c.image_id not in dropped]
+        return kept[:depth]
 
     def verify(self, features: Features, candidates: list[Candidate]) -> tuple[list[Neighbour], list[InlierPoints]]:
         """Every candidate verified, and the correspondences RANSAC kept for each."""

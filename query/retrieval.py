@@ -1,12 +1,13 @@
-"""The shortlist: nearest database images by global vector, by descriptor votes, or both.
+"""The shortlist: nearest database images by global vector, descriptor votes, image embedding.
 
-Two rankings of the database answer "which photos may show this place": the global
-(VLAD) vector's similarity and the local descriptors' votes (query.votes). They fail on
-different queries — VLAD on photos that share only a few distinctive details, votes on
-photos of repeated texture — so the default shortlist (``fused``) takes them in turns,
-best first, skipping an image already taken: half the verified slots go to each, with no
-weight to tune. On the Getty dev queries, most inliers over such a top 10 gives MAE 8.56
-with 10 gross failures where VLAD's top 10 gives 10.11 with 13 (README, query benchmark).
+Three rankings of the database answer "which photos may show this place": the global
+(VLAD) vector's similarity and the local descriptors' votes (query.votes), both made of
+XFeat descriptors, and the learned image embedding's similarity (a CNN that sees the
+whole picture; ``indexer.train``), which fails elsewhere. The default shortlist
+(``fused``) takes every ranking the database has in turns, best first, skipping an
+image already taken: the verified slots are shared equally, with no weight to tune. On
+the Getty dev queries, most inliers over a VLAD + votes top 10 gave MAE 8.56 with 10
+gross failures where VLAD's top 10 gave 10.11 with 13 (README, query benchmark).
 
 One capture point usually owns several database images (views in different
 directions) that share its coordinates; with ``collapse`` the shortlist keeps only the
@@ -30,9 +31,9 @@ logger = logging.getLogger(__name__)
 COLLAPSE_OVERFETCH = 8
 
 
-#: How a shortlist is drawn: both rankings in turns (the default), or one of them alone.
-FUSED, VLAD, VOTES = "fused", "vlad", "votes"
-RETRIEVALS: tuple[str, ...] = (FUSED, VLAD, VOTES)
+#: How a shortlist is drawn: every ranking in turns (the default), or one of them alone.
+FUSED, VLAD, VOTES, IMAGE = "fused", "vlad", "votes", "image"
+RETRIEVALS: tuple[str, ...] = (FUSED, VLAD, VOTES, IMAGE)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ The invariants, with SQLite as the source of truth:
 * the FAISS file named in ``store_state`` exists, has the recorded count and dimension,
   and holds exactly the ids of the images with vectors (``--deep``: the same vectors as
   the vector shards);
+* in a database that embeds images, every image group holds its raw embedding; the
+  current retrieval model's file exists and reads (``--deep``: hashes to its sha256),
+  its FAISS file exists with the recorded count and exactly the images' ids
+  (``--deep``: the vectors the model makes of the stored embeddings);
 * ``--deep``: every image file still on disk hashes to its recorded sha256.
 
 Findings are *errors* (the stores disagree: exit 1) or *notes* (harmless facts an
@@ -37,14 +41,16 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from glueloc.core.errors import DatabaseError
 from glueloc.vision.images import sha256_file
 from glueloc.storage.database import Database, open_database
 from glueloc.storage.features import image_groups
 from glueloc.storage.garbage import find_garbage
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import is_locked
-from glueloc.storage.globals import read_codebook, read_vectors
-from glueloc.storage.models import Codebook, FeatureShard, Image, IndexRun, StoreState, VectorShard
+from glueloc.storage.features import EMBEDDING, FeatureReader
+from glueloc.storage.globals import read_codebook, read_model, read_vectors
+from glueloc.storage.models import Codebook, FeatureShard, Image, IndexRun, RetrievalModel, StoreState, VectorShard
 from glueloc.storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -117,10 +123,11 @@ def retired_groups(session: Session) -> dict[str, set[str]]:
 
 
 def shard_findings(features_dir: Path, shard: FeatureShard, rows: list[Image], deep: bool,
-                   retired: Collection[str] = ()) -> list[Finding]:
+                   retired: Collection[str] = (), embedded: bool = False) -> list[Finding]:
     """What is wrong with one feature shard as the store of ``rows`` (empty: nothing).
 
-    ``retired``: names whose groups the shard may still hold (``retired_groups``).
+    ``retired``: names whose groups the shard may still hold (``retired_groups``);
+    ``embedded``: the database embeds images, so each group must hold its embedding.
     Shared by the audit and by ``audit --repair``'s re-extraction, which rebuilds a shard
     exactly when this finds something wrong with it.
     """
@@ -138,7 +145,7 @@ def shard_findings(features_dir: Path, shard: FeatureShard, rows: list[Image], d
                 if image.name not in groups:
                     found.error("features-missing", f"{image.name}: no features in shard {shard.filename}")
                     continue
-                problem = _check_group(handle[image.name], image)
+                problem = _check_group(handle[image.name], image, embedded)
                 if problem:
                     found.error("features-bad", f"{image.name}: {problem}")
             for orphan in sorted(groups - {image.name for image in rows} - set(retired)):
@@ -154,15 +161,17 @@ def _check_shards(db: Database, session: Session, report: AuditReport, deep: boo
     for image in session.scalars(select(Image)):
         rows_by_shard[image.shard_id].append(image)
     retired = retired_groups(session)
+    state = db.state(session)
+    embedded = state is not None and state.embedder is not None
     for shard in session.scalars(select(FeatureShard).order_by(FeatureShard.id)):
         report.shards += 1
         report.findings.extend(shard_findings(db.layout.features_dir, shard, rows_by_shard.pop(shard.id, []), deep,
-                                              retired.get(shard.filename, ())))
+                                              retired.get(shard.filename, ()), embedded))
     for shard_id, rows in rows_by_shard.items():
         report.error("shard-unregistered", f"{len(rows)} image(s) point to shard id {shard_id}, which is not registered")
 
 
-def _check_group(group: h5py.Group, image: Image) -> str | None:
+def _check_group(group: h5py.Group, image: Image, embedded: bool = False) -> str | None:
     try:
         n = image.num_keypoints
         if group["keypoints"].shape != (n, 2):
@@ -173,6 +182,8 @@ def _check_group(group: h5py.Group, image: Image) -> str | None:
             return f"descriptors {group['descriptors'].shape}, expected (D, {n})"
         if tuple(group["image_size"][()]) != (image.width, image.height):
             return f"image_size {tuple(group['image_size'][()])}, expected ({image.width}, {image.height})"
+        if embedded and group[EMBEDDING].ndim != 1:
+            return f"embedding {group[EMBEDDING].shape}, expected one vector"
     except KeyError as exc:
         return f"dataset missing ({exc})"
     return None
@@ -280,6 +291,70 @@ def _check_faiss(db: Database, state: StoreState | None, image_ids: set[int], st
             report.error("faiss-stale", f"{len(wrong)} FAISS vector(s) differ from the HDF5 global descriptors")
 
 
+def _check_model(db: Database, session: Session, state: StoreState | None, report: AuditReport, deep: bool) -> None:
+    """The retrieval models' files, and the current one's FAISS file against the image rows."""
+    if state is None:
+        return
+    if state.model_id is not None and state.embedder is None:
+        report.error("model-without-embeddings", f"retrieval model {state.model_id} is current, but the database "
+                     "records no image embedder")
+        return
+    current = None
+    for row in session.scalars(select(RetrievalModel)):
+        path = db.layout.vectors_dir / row.filename
+        is_current = row.id == state.model_id
+        if not path.exists():
+            (report.error if is_current else report.note)("model-missing", f"retrieval model {row.id} file "
+                                                          f"{row.filename} is missing")
+            continue
+        if deep and sha256_file(path) != row.sha256:
+            (report.error if is_current else report.note)("model-changed", f"retrieval model {row.id} file "
+                                                          f"{row.filename} no longer matches its sha256")
+        if is_current:
+            try:
+                current = read_model(path)
+            except (OSError, KeyError, ValueError) as exc:
+                report.error("model-unreadable", f"retrieval model {row.id} file {row.filename} is unreadable "
+                             f"({type(exc).__name__})")
+    if state.model_id is None:
+        return
+    if not state.model_faiss_file or not (db.layout.vectors_dir / state.model_faiss_file).exists():
+        report.error("model-faiss-missing", f"the FAISS file of retrieval model {state.model_id} "
+                     f"({state.model_faiss_file}) is missing (derivable: `glueloc audit --repair`)")
+        return
+    try:
+        index = VectorIndex.load(db.layout.vectors_dir / state.model_faiss_file)
+    except RuntimeError as exc:
+        report.error("model-faiss-unreadable", f"FAISS file {state.model_faiss_file} is unreadable "
+                     f"({str(exc).splitlines()[0]})")
+        return
+    rows = session.execute(select(Image.id, Image.name, FeatureShard.filename)
+                           .join(FeatureShard, Image.shard_id == FeatureShard.id).order_by(Image.id)).all()
+    image_ids = {r[0] for r in rows}
+    ids = set(index.ids().tolist())
+    if index.count != state.model_faiss_count:
+        report.error("model-faiss-count", f"model FAISS holds {index.count} vectors, store_state records "
+                     f"{state.model_faiss_count}")
+    if current is not None and index.dim != current.dim:
+        report.error("model-faiss-dim", f"model FAISS dimension {index.dim}, the model makes {current.dim}")
+        return
+    if ids - image_ids:
+        report.error("model-faiss-orphan", f"model FAISS holds {len(ids - image_ids)} id(s) with no image row")
+    if image_ids - ids:
+        report.error("model-faiss-incomplete", f"{len(image_ids - ids)} image(s) have no vector in the model FAISS")
+    if deep and current is not None and index.count and not (ids ^ image_ids):
+        order = index.ids()
+        names = {r[0]: (r[2], r[1]) for r in rows}
+        try:
+            with FeatureReader(db.layout.features_dir) as reader:
+                raw = np.stack([reader.embedding(*names[int(i)]) for i in order])
+        except DatabaseError:  # a damaged shard: the shard checks report it
+            return
+        if not np.allclose(index.vectors(), current.project(raw), atol=1e-4):
+            report.error("model-faiss-stale", "model FAISS vectors differ from the model's projections of the "
+                         "stored embeddings")
+
+
 def _check_image_files(session: Session, report: AuditReport) -> None:
     """Re-hash each image file still where its index run found it."""
     roots = dict(session.execute(select(IndexRun.id, IndexRun.images_dir)).all())
@@ -315,6 +390,7 @@ def audit(layout: Layout, deep: bool = False) -> AuditReport:
             stored = _check_vectors(db, session, state, report, deep)
             image_ids = set(session.scalars(select(Image.id).where(Image.vector_shard_id.is_not(None))))
             _check_faiss(db, state, image_ids, stored, report, deep)
+            _check_model(db, session, state, report, deep)
             if deep:
                 _check_image_files(session, report)
             writing = is_locked(layout.lock_path)

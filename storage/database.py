@@ -131,11 +131,15 @@ class Database:
     def state(self, session: Session) -> StoreState | None:
         return session.scalars(select(StoreState).where(StoreState.id == 1)).one_or_none()
 
-    def calibration(self, session: Session, codebook_id: int, retrieval: str | None = None) -> Calibration | None:
-        """The calibration queries use: the newest one fitted with ``codebook_id`` on shortlists
-        drawn by ``retrieval`` (its probabilities rest on the rank and similarity of the
-        candidates such a shortlist holds); any retrieval's with None."""
-        rows = session.scalars(select(Calibration).where(Calibration.codebook_id == codebook_id)
+    def calibration(self, session: Session, codebook_id: int, retrieval: str | None = None,
+                    model_id: int | None = None) -> Calibration | None:
+        """The calibration queries use: the newest one fitted with ``codebook_id`` and the
+        retrieval model ``model_id`` on shortlists drawn by ``retrieval`` (its probabilities
+        rest on the rank and similarity of the candidates such a shortlist holds, and a new
+        model changes which candidates those are); any retrieval's with None."""
+        rows = session.scalars(select(Calibration).where(Calibration.codebook_id == codebook_id,
+                                                         Calibration.model_id.is_(None) if model_id is None
+                                                         else Calibration.model_id == model_id)
                                .order_by(Calibration.id.desc()))
         return next((row for row in rows if retrieval in (None, calibration_retrieval(row))), None)
 

@@ -10,7 +10,9 @@ writer deletes.
 Layout (hloc's, so hloc tools can read a shard directly): one group per image name,
 holding ``keypoints`` (N, 2) float32 in original-image pixels, ``scores`` (N,)
 float16, ``descriptors`` (D, N) float16 — transposed, as hloc stores them —,
-and ``image_size`` (2,) int32 as (width, height). Global vectors live in their own
+and ``image_size`` (2,) int32 as (width, height); in a database with an image embedder
+also ``embedding`` (D,) float16, the image's raw embedding (``glueloc.vision.embedders``),
+which an index run computes from the same decoded pixels. Global vectors live in their own
 shards (``storage.globals``), because a retrained codebook replaces all of them while the
 local features stay.
 """
@@ -33,6 +35,8 @@ from glueloc.storage.layout import Published, publish_hdf5
 logger = logging.getLogger(__name__)
 
 SHARD_PREFIX = "shard-"
+#: The dataset of an image group that holds its raw image embedding.
+EMBEDDING = "embedding"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class ShardEntry:
 
     name: str
     features: Features
+    embedding: np.ndarray | None = None  # the raw image embedding, when the database has an embedder
 
 
 def write_shard(features_dir: Path, entries: list[ShardEntry]) -> Published:
@@ -54,6 +59,8 @@ def write_shard(features_dir: Path, entries: list[ShardEntry]) -> Published:
             group.create_dataset("scores", data=feats.scores.astype(np.float16))
             group.create_dataset("descriptors", data=feats.descriptors.T.astype(np.float16))
             group.create_dataset("image_size", data=np.asarray(feats.image_size, dtype=np.int32))
+            if entry.embedding is not None:
+                group.create_dataset(EMBEDDING, data=np.asarray(entry.embedding, dtype=np.float16))
 
     return publish_hdf5(features_dir, SHARD_PREFIX, write)
 
@@ -121,6 +128,11 @@ class FeatureReader:
         """Only the (N, D) descriptors: what aggregation needs, without keypoints."""
         with _damage_named(filename, name):
             return np.ascontiguousarray(self._file(filename)[name]["descriptors"][()].astype(np.float32).T)
+
+    def embedding(self, filename: str, name: str) -> np.ndarray:
+        """The raw image embedding stored with the image's features (float32)."""
+        with _damage_named(filename, name):
+            return self._file(filename)[name][EMBEDDING][()].astype(np.float32)
 
     def close(self) -> None:
         for handle in self._open.values():

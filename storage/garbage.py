@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from glueloc.storage.database import Database
 from glueloc.storage.layout import Layout
-from glueloc.storage.models import Codebook, FeatureShard, IndexRun, StoreState, VectorShard
+from glueloc.storage.models import Codebook, FeatureShard, IndexRun, RetrievalModel, StoreState, VectorShard
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +26,10 @@ def find_garbage(layout: Layout, session: Session) -> list[Path]:
     """Files in the stores' folders that the committed catalogue does not reference."""
     registered = set(session.scalars(select(FeatureShard.filename)))
     state = session.get(StoreState, 1)
-    kept = set(session.scalars(select(VectorShard.filename))) | set(session.scalars(select(Codebook.filename)))
-    if state is not None and state.faiss_file:
-        kept.add(state.faiss_file)
+    kept = (set(session.scalars(select(VectorShard.filename))) | set(session.scalars(select(Codebook.filename)))
+            | set(session.scalars(select(RetrievalModel.filename))))
+    if state is not None:
+        kept |= {name for name in (state.faiss_file, state.model_faiss_file) if name}
     garbage: list[Path] = []
     if layout.features_dir.is_dir():
         garbage += [p for p in layout.features_dir.iterdir() if p.name not in registered]

@@ -2,6 +2,8 @@
 
 * ``codebook-<id>.h5`` — one trained VLAD codebook (centres, PCA matrix and bias, its
   configuration as JSON), registered in the ``codebooks`` table.
+* ``model-<sha256>.h5`` — one retrieval projection learned from the labels
+  (``glueloc.vision.projection``), named by its content, registered in ``retrieval_models``.
 * ``global-<id>.h5`` — the global vectors of a group of images, one HDF5 group per image
   name holding ``global_descriptor`` (hloc's layout for retrieval features), all made by
   one codebook (its file name is an attribute), registered in ``vector_shards``.
@@ -20,6 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from glueloc.vision.projection import Projection
 from glueloc.vision.vlad import VLADCodebook
 from glueloc.storage.layout import Published, publish_hdf5
 
@@ -27,6 +30,28 @@ logger = logging.getLogger(__name__)
 
 CODEBOOK_PREFIX = "codebook-"
 VECTORS_PREFIX = "global-"
+MODEL_PREFIX = "model-"
+
+
+def write_model(directory: Path, model: Projection, conf: dict) -> Published:
+    def write(handle: h5py.File) -> None:
+        handle.attrs["method"] = model.method
+        handle.attrs["config"] = json.dumps(conf, sort_keys=True)
+        handle.create_dataset("mean", data=model.mean.astype(np.float32))
+        handle.create_dataset("matrix", data=model.matrix.astype(np.float32))
+
+    return publish_hdf5(directory, MODEL_PREFIX, write, content_named=True)
+
+
+def read_model(path: Path) -> Projection:
+    """The projection in a model file; a damaged file raises OSError, KeyError or ValueError."""
+    with h5py.File(path, "r", locking=False) as handle:
+        model = Projection(method=str(handle.attrs["method"]), mean=handle["mean"][()].astype(np.float32),
+                           matrix=handle["matrix"][()].astype(np.float32))
+    if model.mean.shape != (model.input_dim,) or not np.isfinite(model.matrix).all():
+        raise ValueError(f"model file {path.name} holds a mean of shape {model.mean.shape} for a "
+                         f"{model.matrix.shape} matrix, or non-finite values")
+    return model
 
 
 def write_codebook(directory: Path, codebook: VLADCodebook) -> Published:

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from glueloc.core.errors import GluelocError
 from glueloc.storage.database import Database, calibration_retrieval
 from glueloc.storage.features import FeatureReader
-from glueloc.storage.models import Calibration, Codebook, CoordinateChange, FeatureShard, Image, IndexRun, VectorShard
+from glueloc.storage.models import (Calibration, Codebook, CoordinateChange, FeatureShard, Image, IndexRun,
+                                    RetrievalModel, StoreState, VectorShard)
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,11 @@ def _codebook_dict(session: Session, codebook_id: int | None) -> dict[str, Any] 
             "created_at": row.created_at.isoformat(timespec="seconds"), "file": row.filename}
 
 
-def _calibration_dict(db: Database, session: Session, codebook_id: int | None) -> dict[str, Any] | None:
-    """The newest calibration of the current codebook (queries drawing their shortlist as it was drawn use it)."""
-    row = None if codebook_id is None else db.calibration(session, codebook_id)
+def _calibration_dict(db: Database, session: Session, codebook_id: int | None,
+                      model_id: int | None) -> dict[str, Any] | None:
+    """The newest calibration of the current codebook and retrieval model (queries drawing
+    their shortlist as it was drawn use it)."""
+    row = None if codebook_id is None else db.calibration(session, codebook_id, model_id=model_id)
     if row is None:
         return None
     rule = row.options.get("rule_name")
@@ -76,10 +79,26 @@ def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:
                                                              "codebook": _codebook_dict(session, state.codebook_id)},
             "codebooks_trained": session.scalar(select(func.count()).select_from(Codebook)),
             "faiss": None if state is None else {"file": state.faiss_file, "vectors": state.faiss_count},
-            "calibration": None if state is None else _calibration_dict(db, session, state.codebook_id),
+            "embedder": None if state is None or state.embedder is None else {
+                "name": state.embedder, "version": state.embedder_version, "config": state.embedder_config},
+            "retrieval_model": None if state is None else _model_dict(session, state),
+            "calibration": None if state is None else _calibration_dict(db, session, state.codebook_id, state.model_id),
             "calibrations_fitted": session.scalar(select(func.count()).select_from(Calibration)),
             "runs": [_run_dict(r) for r in runs],
         }
+
+
+def _model_dict(session: Session, state: StoreState) -> dict[str, Any] | None:
+    """The current retrieval model: what it learned from, how long it took, why this method."""
+    row = session.get(RetrievalModel, state.model_id) if state.model_id is not None else None
+    if row is None:
+        return None
+    return {"id": row.id, "method": row.method, "dim": row.dim, "file": row.filename,
+            "trained_images": row.trained_images, "positives": row.positives, "near_radius": round(row.radius, 3),
+            "seconds": row.seconds, "peak_rss_mb": row.peak_rss_mb, "held_out_images": row.held_out_images,
+            "held_out_recall": row.held_out, "faiss": {"file": state.model_faiss_file,
+                                                       "vectors": state.model_faiss_count},
+            "created_at": row.created_at.isoformat(timespec="seconds")}
 
 
 def _vector_shard(session: Session, shard_id: int | None) -> dict[str, Any] | None:
@@ -134,5 +153,5 @@ def calibration_status(db: Database, retrieval: str) -> CalibrationStatus:
     with db.session() as session:
         state = db.state(session)
         images = session.scalar(select(func.count()).select_from(Image)) or 0
-        row = None if state is None or state.codebook_id is None else db.calibration(session, state.codebook_id, retrieval)
+        row = None if state is None or state.codebook_id is None else db.calibration(session, state.codebook_id, retrieval, state.model_id)
         return CalibrationStatus(images, None if row is None else row.id, None if row is None else row.images)

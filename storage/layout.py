@@ -89,19 +89,23 @@ class Published:
     sha256: str
 
 
-def publish_hdf5(directory: Path, prefix: str, write: Callable[[h5py.File], None]) -> Published:
+def publish_hdf5(directory: Path, prefix: str, write: Callable[[h5py.File], None],
+                 content_named: bool = False) -> Published:
     """Write a new immutable HDF5 file via ``write`` and publish it atomically.
 
     The file is built under a temporary name and renamed only once complete and synced,
     so no reader (and no crash) ever sees it half-written; on any failure the temporary
-    file is removed.
+    file is removed. ``content_named``: the final name is the prefix and the first 32 hex
+    digits of the file's sha256 (a model, whose name then says what it is), otherwise a
+    fresh uuid (a shard: two batches may well hold equal bytes).
     """
-    final = directory / f"{prefix}{uuid.uuid4().hex}.h5"
-    temp = directory / f"{TEMP_PREFIX}{final.name}"
+    token = uuid.uuid4().hex
+    temp = directory / f"{TEMP_PREFIX}{prefix}{token}.h5"
     try:
         with h5py.File(temp, "w", libver="latest") as handle:
             write(handle)
         digest = sha256_file(temp)
+        final = directory / f"{prefix}{digest[:32] if content_named else token}.h5"
         atomic_publish(temp, final)
     except BaseException:
         temp.unlink(missing_ok=True)

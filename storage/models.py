@@ -135,6 +135,38 @@ class VectorShard(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class RetrievalModel(Base):
+    """A retrieval projection the database learned from its own labels (``indexer.learn``).
+
+    Its file is immutable and named by its content; the row says what it was trained on
+    (embedder, images, matching pairs, the near radius), how long it took, and the recall
+    each candidate method reached on held-out database places, so an auditor can see why
+    this method was chosen.
+    """
+
+    __tablename__ = "retrieval_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    filename: Mapped[str] = mapped_column(String(128), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))  # "projection:1"
+    method: Mapped[str] = mapped_column(String(32))  # "pca", "lw" or "triplet" (vision.projection)
+    embedder: Mapped[str] = mapped_column(String(64))
+    embedder_version: Mapped[str] = mapped_column(String(32))
+    config: Mapped[dict] = mapped_column(JSON)  # indexer.learn options it was trained with
+    input_dim: Mapped[int]
+    dim: Mapped[int]
+    radius: Mapped[float] = mapped_column(Float)  # near radius: positives lie within it
+    trained_images: Mapped[int]
+    positives: Mapped[int]  # matching pairs (photos of different capture points within the radius)
+    held_out_images: Mapped[int]
+    held_out: Mapped[dict] = mapped_column(JSON)  # method -> {"R@k": recall on held-out places}
+    seconds: Mapped[float] = mapped_column(Float)
+    peak_rss_mb: Mapped[float | None] = mapped_column(Float)
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Calibration(Base):
     """A re-ranking model fitted on the database's own held-out capture points (``glueloc calibrate``).
 
@@ -153,6 +185,7 @@ class Calibration(Base):
     held_out: Mapped[int]  # held-out database images (one per sampled capture point)
     images: Mapped[int]  # database images when it was fitted
     codebook_id: Mapped[int] = mapped_column(ForeignKey("codebooks.id"), index=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("retrieval_models.id"))  # the image ranking it saw
     glueloc_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -195,4 +228,12 @@ class StoreState(Base):
     codebook_id: Mapped[int | None] = mapped_column(ForeignKey("codebooks.id"))  # None until trained
     faiss_file: Mapped[str | None] = mapped_column(String(128))
     faiss_count: Mapped[int] = mapped_column(default=0)
+    # The image embedder every feature shard's images were embedded with (None: a database
+    # from before embeddings; it answers without the image ranking).
+    embedder: Mapped[str | None] = mapped_column(String(64))
+    embedder_version: Mapped[str | None] = mapped_column(String(32))
+    embedder_config: Mapped[dict | None] = mapped_column(JSON)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("retrieval_models.id"))  # None until learned
+    model_faiss_file: Mapped[str | None] = mapped_column(String(128))  # FAISS of the model's vectors
+    model_faiss_count: Mapped[int] = mapped_column(default=0, server_default="0")
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

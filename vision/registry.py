@@ -1,4 +1,4 @@
-"""Name -> class lookup for extractors and matchers, imported only when used.
+"""Name -> class lookup for extractors, matchers and image embedders, imported only when used.
 
 The learned models pull in torch and kornia (seconds of import time); a SIFT database
 never needs them, so each entry names its module and is imported on first use.
@@ -25,6 +25,11 @@ MATCHERS: Mapping[str, str] = {
     "nn": "glueloc.vision.matchers.nearest_neighbor:NearestNeighbor",
     "lightglue": "glueloc.vision.matchers.lightglue:LightGlue",
     "superglue": "glueloc.vision.matchers.superglue:SuperGlue",
+}
+
+
+EMBEDDERS: Mapping[str, str] = {
+    "effnet-lite0-gem": "glueloc.vision.embedders.efficientnet_gem:EfficientNetGeM",
 }
 
 

