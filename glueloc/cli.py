@@ -94,12 +94,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+DEEPEN_TO = 0  # query.localizer.QueryOptions.deepen_to (off), spelled here so the CLI imports no model code to start
+DeepenOption = Annotated[int, typer.Option(
+    min=0, help="Adaptive depth: when no verified candidate is 50 % likely right (calibrated databases), verify "
+                "further down the rankings, up to this many candidates in all, at most 1.5 s more "
+                "(e.g. 30; 0: never).")]
+
+
 def _query_options(k: int | None, collapse: bool, estimator: str, retrieval: str,
-                   resection: bool = True) -> "QueryOptions":
+                   resection: bool = True, deepen_to: int = DEEPEN_TO) -> "QueryOptions":
     """The query options of a command; the Localizer checks the estimator and retrieval named."""
     from glueloc.query.localizer import QueryOptions
 
-    return QueryOptions(k=k, collapse=collapse, estimator=estimator, retrieval=retrieval, resection=resection)
+    return QueryOptions(k=k, collapse=collapse, estimator=estimator, retrieval=retrieval, resection=resection,
+                        deepen_to=deepen_to)
 
 
 def _note_uncalibrated(localizer: Any, db: Path) -> None:
@@ -395,6 +403,7 @@ def query(
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
     resection: Annotated[bool, typer.Option(help=RESECTION_HELP)] = True,
+    deepen_to: DeepenOption = DEEPEN_TO,
     viz: Annotated[Optional[Path], typer.Option(help="Write a PNG of the matches with the best neighbour.")] = None,
     map_png: Annotated[Optional[Path], typer.Option("--map", help="Write a PNG map: db positions, neighbours, estimate.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -408,7 +417,7 @@ def query(
     from glueloc.query.localizer import Localizer
     from glueloc.viz import draw_map, save_rgb
 
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to)) as localizer:
         result = localizer.locate(image)
         if result.x is not None:  # an answer: say how it was ranked before showing it
             _note_uncalibrated(localizer, db)
@@ -597,6 +606,7 @@ def evaluate(
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
     resection: Annotated[bool, typer.Option(help=RESECTION_HELP)] = True,
+    deepen_to: DeepenOption = DEEPEN_TO,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: error histogram and map of true vs predicted.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -610,7 +620,7 @@ def evaluate(
     from glueloc.query.localizer import Localizer
 
     rows = read_labels(labels, images)
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to)) as localizer, _progress(progress) as bar:
         _note_uncalibrated(localizer, db)
         task = bar.add_task("querying", total=len(rows))
         result = run_evaluation(localizer, rows, progress=lambda n: bar.advance(task, n))
@@ -635,6 +645,7 @@ def predict(
     estimator: Annotated[str, typer.Option(help=ESTIMATOR_HELP)] = "auto",
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
     resection: Annotated[bool, typer.Option(help=RESECTION_HELP)] = True,
+    deepen_to: DeepenOption = DEEPEN_TO,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Locate every image in FOLDER into a CSV; run again to resume after an interruption."""
@@ -642,7 +653,7 @@ def predict(
     from glueloc.query.predict import list_images, predict_folder
 
     total = len(list_images(folder))
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to)) as localizer, _progress(progress) as bar:
         _note_uncalibrated(localizer, db)
         task = bar.add_task("locating", total=total)
         summary = predict_folder(localizer, folder, output, progress=lambda n: bar.advance(task, n))

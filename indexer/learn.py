@@ -42,6 +42,7 @@ default_conf: dict[str, Any] = {
     "held_out": 0.15,  # fraction of capture points held out to choose the method
     "far_factor": 5.0,  # negatives lie beyond this many near radii
     "best_positives": 3,  # near photos per image kept as positives: those sharing the most matches
+    "verify_keypoints": 256,  # strongest keypoints per photo matched to rank its near photos
     "negative_pairs": 50_000,  # random far pairs for learned whitening
     "max_images": 20_000,  # training sample (the projection is linear; more adds little)
 }

@@ -356,13 +356,18 @@ class IndexRunner:
     def _load_vectors(self, db: Database, state: StoreState) -> VectorIndex:
         if state.faiss_file is None:
             return VectorIndex.empty(state.global_dim)
-        path = self.layout.vectors_dir / state.faiss_file
+        return self._load_index(state.faiss_file, state.faiss_count)
+
+    def _load_index(self, filename: str | None, count: int) -> VectorIndex:
+        """A FAISS file the catalogue names, checked against the count it records."""
+        path = self.layout.vectors_dir / (filename or "")
         try:
             index = VectorIndex.load(path)
         except RuntimeError as exc:
             raise DatabaseError(f"FAISS file {path.name} is unreadable ({exc}); run `glueloc audit --repair`") from None
-        if index.count != state.faiss_count:
-            raise DatabaseError(f"FAISS file {path.name} holds {index.count} vectors, expected {state.faiss_count}; run `glueloc audit --repair`")
+        if index.count != count:
+            raise DatabaseError(f"FAISS file {path.name} holds {index.count} vectors, expected {count}; "
+                                "run `glueloc audit --repair`")
         return index
 
     def _load_codebook(self, db: Database, state: StoreState) -> tuple[vlad.VLADCodebook, str] | None:
@@ -389,15 +394,7 @@ class IndexRunner:
         except (OSError, KeyError, ValueError) as exc:
             raise DatabaseError(f"retrieval model file {row.filename} is unreadable ({exc}); "
                                 "run `glueloc audit --repair`") from None
-        path = self.layout.vectors_dir / (state.model_faiss_file or "")
-        try:
-            index = VectorIndex.load(path)
-        except RuntimeError as exc:
-            raise DatabaseError(f"FAISS file {path.name} is unreadable ({exc}); run `glueloc audit --repair`") from None
-        if index.count != state.model_faiss_count:
-            raise DatabaseError(f"FAISS file {path.name} holds {index.count} vectors, expected "
-                                f"{state.model_faiss_count}; run `glueloc audit --repair`")
-        return projection, index
+        return projection, self._load_index(state.model_faiss_file, state.model_faiss_count)
 
     def _first_model(self, db: Database, run: IndexRun, summary: IndexSummary) -> None:
         """A new database's retrieval model, trained like its codebook at the end of the first run

@@ -21,17 +21,15 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, select, update
 
-from glueloc.core.version import __version__
 from glueloc.core.errors import DatabaseError
 from glueloc.vision import vlad
+from glueloc.indexer.runs import audited_run
 from glueloc.indexer.train import train_retrieval_model
-from glueloc.storage.database import Database, open_database
-from glueloc.storage.garbage import collect_garbage
+from glueloc.storage.database import Database
 from glueloc.storage.layout import Layout
-from glueloc.storage.lock import WriterLock
 from glueloc.storage.features import FeatureReader
 from glueloc.storage.globals import read_codebook, write_codebook, write_vectors
-from glueloc.storage.models import Codebook, FeatureShard, Image, IndexRun, StoreState, VectorShard, utcnow
+from glueloc.storage.models import Codebook, FeatureShard, Image, StoreState, VectorShard
 from glueloc.storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -155,35 +153,17 @@ def reindex(layout: Layout, retrain: bool, conf_overrides: dict[str, Any] | None
             exact_limit: int = DEFAULT_EXACT_LIMIT) -> ReindexSummary:
     """``glueloc reindex``: under the writer lock, as an audited run of its own."""
     started = time.perf_counter()
-    with WriterLock(layout.lock_path):
-        db = open_database(layout)
-        try:
-            with db.session() as session, session.begin():
-                collect_garbage(db, session)
-                run = IndexRun(command="reindex", arguments={"retrain": retrain, "conf": conf_overrides or {}},
-                               outcome="running", glueloc_version=__version__)
-                session.add(run)
-            outcome, message = "failed", None
-            try:
-                result = rebuild_global_vectors(db, run.id, retrain=retrain, conf_overrides=conf_overrides,
-                                                exact_limit=exact_limit)
-                model_id = None
-                if retrain and _embeds_images(db):
-                    model_id = train_retrieval_model(db, run.id, exact_limit=exact_limit).model_id
-                outcome = "completed"
-            except BaseException as exc:  # KeyboardInterrupt too: record it, then re-raise
-                outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                message = f"{type(exc).__name__}: {exc}"[:500]
-                raise
-            finally:
-                with db.session() as session, session.begin():
-                    live = session.get(IndexRun, run.id)
-                    assert live is not None
-                    live.outcome, live.finished_at, live.message = outcome, utcnow(), message
-        finally:
-            db.close()
-    return ReindexSummary(result.codebook_id, result.trained, result.images, result.dim, time.perf_counter() - started,
-                          model_id)
+
+    def step(db: Database, run_id: int) -> ReindexSummary:
+        result = rebuild_global_vectors(db, run_id, retrain=retrain, conf_overrides=conf_overrides,
+                                        exact_limit=exact_limit)
+        model_id = None
+        if retrain and _embeds_images(db):
+            model_id = train_retrieval_model(db, run_id, exact_limit=exact_limit).model_id
+        return ReindexSummary(result.codebook_id, result.trained, result.images, result.dim,
+                              time.perf_counter() - started, model_id)
+
+    return audited_run(layout, "reindex", {"retrain": retrain, "conf": conf_overrides or {}}, step)
 
 
 def _embeds_images(db: Database) -> bool:

@@ -72,7 +72,7 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
         records.append({
             "name": row.name, "true": [row.x, row.y], "predicted": [result.x, result.y], "error": round(error, 3),
             "confidence": result.confidence, "verified": result.verified, "resected": result.resected,
-            "shortlist": result.candidates,
+            "deepened": result.deepened, "shortlist": result.candidates,
             "neighbours": [(n.name, n.inliers) if n.probability is None else (n.name, n.inliers, n.probability)
                            for n in result.neighbours],
             "seconds": result.seconds,
@@ -87,6 +87,8 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
         "within_1": round(float((e <= 1).mean()), 3), "within_2": round(float((e <= 2).mean()), 3),
         "within_5": round(float((e <= 5).mean()), 3), "gross_failures": int((e > GROSS_ERROR).sum()),
         "latency_p50_s": round(float(np.percentile(lat, 50)), 3), "latency_p95_s": round(float(np.percentile(lat, 95)), 3),
+        # queries whose first k left the calibrated answer unsure, so more was verified (adaptive depth)
+        "deepened": sum(1 for r in records if r.get("deepened")),
     }
     if errors:
         confidence = confidence_metrics(e, np.array(confidences))

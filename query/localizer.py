@@ -109,7 +109,10 @@ class QueryOptions:
     # at least ``deepen_below`` likely right, verify further down the fused rankings, a
     # few at a time, up to ``deepen_to`` candidates or ``deepen_seconds`` of extra work.
     # 0.5 is not tuned: below it the best candidate is more likely wrong than right.
-    deepen_to: int = 30
+    # Off by default (0): its benefit has not been measured on held-out database places,
+    # its cost has (on Getty a third of the queries are unsure, each paying ~1.9 s more);
+    # ``--deepen-to 30`` turns it on. docs/BENCHMARKS.md reports both on the dev queries.
+    deepen_to: int = 0
     deepen_below: float = 0.5
     deepen_seconds: float = 1.5
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import shutil
 from pathlib import Path
@@ -71,7 +73,8 @@ def test_calibration_holds_out_places_fits_and_is_used_by_queries(wide_db: Path,
     assert set(result.metrics) == {variant(r, k) for r in rules for k in (3, 4)}
     assert variant(result.rule, result.k) == min(result.metrics, key=lambda r: result.metrics[r]["mae"])
 
-    with Localizer(Layout.at(wide_db)) as localizer:  # the default estimator: auto
+    # The default estimator (auto); adaptive depth is off by default (tested below): exactly k verified.
+    with Localizer(Layout.at(wide_db)) as localizer:
         assert localizer.calibration is not None and localizer.k == result.k  # the calibrated shortlist
         location = localizer.locate(first_query(wide_scene))
     probabilities = [nb.probability for nb in location.neighbours]
@@ -79,6 +82,25 @@ def test_calibration_holds_out_places_fits_and_is_used_by_queries(wide_db: Path,
     assert len(location.neighbours) == result.k
     if result.rule == "copy":
         assert location.confidence == pytest.approx(max(probabilities), abs=1e-3)
+
+
+def test_adaptive_depth_verifies_further_only_when_the_calibrated_answer_is_unsure(wide_db: Path,
+                                                                                    wide_scene: SyntheticDataset) -> None:
+    with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
+        fitted = calibrate(localizer, OPTIONS)
+    query = first_query(wide_scene)
+    always = QueryOptions(deepen_to=fitted.k + 7, deepen_below=1.01, deepen_seconds=60)  # never sure enough
+    with Localizer(Layout.at(wide_db), always) as localizer:
+        location = localizer.locate(query)
+        first_k = [c[0] for c in location.candidates[:fitted.k]]
+    # Deepened in steps of 5 up to the cap: k + 7 candidates verified, the first k as without.
+    assert location.deepened == 7 and len(location.neighbours) == len(location.candidates) == fitted.k + 7
+    assert "deepen" in location.seconds
+    with Localizer(Layout.at(wide_db), QueryOptions(deepen_to=fitted.k + 7, deepen_below=0.0)) as localizer:
+        sure = localizer.locate(query)  # every answer is "sure" at 0: nothing more is verified
+    assert sure.deepened == 0 and len(sure.neighbours) == fitted.k and [c[0] for c in sure.candidates] == first_k
+    with Localizer(Layout.at(wide_db), replace(always, estimator="best")) as localizer:
+        assert localizer.locate(query).deepened == 0  # uncalibrated: no probability to be unsure of
 
 
 def test_uncalibrated_database_ranks_by_inliers_and_calibrated_estimator_is_refused(indexed: Path, scene) -> None:

@@ -116,6 +116,11 @@ def test_first_run_trains_a_model_the_audit_vouches_for(embedded: Path) -> None:
         method, held_out, images = connection.execute(
             "select method, held_out, trained_images from retrieval_models").fetchone()
     assert method in ("pca", "lw", "triplet") and images == 24 and method in held_out
+    # Reproducible: the unchanged database trains the very same file (so the same row), in
+    # another process state than the index run's, and so does the gradient-trained method.
+    assert train(Layout.at(embedded)).model_id == 1
+    assert train(Layout.at(embedded), {"methods": ["triplet"]}).model_id == train(
+        Layout.at(embedded), {"methods": ["triplet"]}).model_id
 
 
 def test_query_ranks_by_the_image_model_and_finds_the_place(embedded: Path, scene: SyntheticDataset) -> None:
@@ -202,3 +207,17 @@ def test_a_new_model_needs_a_new_calibration(embedded: Path) -> None:
         assert snapshot.model is not None and snapshot.model.row.id == 2 and snapshot.calibration is None
     finally:
         db.close()
+
+
+def test_a_run_stopped_before_the_model_leaves_it_to_the_next_run(workdir: Path) -> None:
+    """As if the first run were killed between the codebook's commit and the model's."""
+    db = workdir / "db"
+    first = run_index(db, workdir / "labels.csv", workdir / "images", embedder="effnet-lite0-gem", train_model=False)
+    assert first.codebook_trained == 1 and first.model_trained is None
+    assert _state(db, "model_id, model_faiss_file") == (None, None)
+    assert audit(Layout.at(db), deep=True).clean  # no model yet is a consistent state
+    with Localizer(Layout.at(db)) as localizer:
+        assert localizer.model is None  # answers from VLAD and votes meanwhile
+    again = run_index(db, workdir / "labels.csv", workdir / "images", embedder=None)
+    assert again.skipped == 24 and again.model_trained == 1
+    assert audit(Layout.at(db), deep=True).clean

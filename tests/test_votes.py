@@ -121,3 +121,9 @@ def test_the_cli_and_the_api_default_to_the_fused_shortlist() -> None:
     from glueloc.query.retrieval import FUSED
 
     assert DEFAULT_RETRIEVAL == FUSED == QueryOptions().retrieval
+
+
+def test_the_cli_and_the_api_default_to_the_same_adaptive_depth() -> None:
+    from glueloc.cli import DEEPEN_TO
+
+    assert DEEPEN_TO == QueryOptions().deepen_to

@@ -124,6 +124,21 @@ def refine_triplet(start: Projection, raw: np.ndarray, positives: list[np.ndarra
     """
     import torch
 
+    # One thread, as every training step (core.threads): the same database must give the
+    # same model — the same file — in an index run and in a later `glueloc train`.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with single_threaded():
+            return _refine_triplet(start, raw, positives, far, conf, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _refine_triplet(start: Projection, raw: np.ndarray, positives: list[np.ndarray], far: np.ndarray,
+                    conf: Mapping[str, Any], epochs: int | None) -> Projection:
+    import torch
+
     rng = np.random.default_rng(int(conf["seed"]))
     torch.manual_seed(int(conf["seed"]))
     x = torch.from_numpy(raw.astype(np.float32))
