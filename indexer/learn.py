@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from glueloc.core.config import merge_conf
 from glueloc.core.errors import GluelocError
 from glueloc.core.threads import single_threaded
 from glueloc.vision import projection as proj
@@ -49,8 +50,6 @@ default_conf: dict[str, Any] = {
 
 
 def learn_conf(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    from glueloc.core.config import merge_conf
-
     conf = merge_conf(default_conf, overrides, "retrieval model")
     unknown = [m for m in conf["methods"] if m not in proj.METHODS]
     if unknown or not conf["methods"]:
