@@ -117,3 +117,12 @@ def test_a_folder_name_is_not_a_package(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", "import glueloc.query, glueloc.cli"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_package_folder_is_listed_for_the_wheel() -> None:
+    """pyproject lists the packages by name; a folder missing there installs without its code."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {name for name, path in modules().items() if path.name == "__init__.py"}
+    assert found == listed, f"missing from pyproject: {sorted(found - listed)}; listed but absent: {sorted(listed - found)}"
