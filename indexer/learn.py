@@ -168,21 +168,23 @@ def learn_projection(raw: np.ndarray, xy: np.ndarray, radius: float, conf: Mappi
     if len(np.unique(xy, axis=0)) < 3:
         raise GluelocError("learning a retrieval model needs at least three capture points")
     rng = np.random.default_rng(int(conf["seed"]))
-    if positives is None:
-        positives = pairs_from_labels(xy, radius, float(conf["far_factor"]))[0]
     if len(raw) > int(conf["max_images"]):
         sample = np.sort(rng.choice(len(raw), size=int(conf["max_images"]), replace=False))
-        raw, xy, positives = raw[sample], xy[sample], restrict(positives, sample)
+        raw, xy = raw[sample], xy[sample]
+        positives = None if positives is None else restrict(positives, sample)
+    # One pass over the pairs: the held-out split and the final fit take their parts of it.
+    near, far = pairs_from_labels(xy, radius, float(conf["far_factor"]))
+    positives = near if positives is None else positives
     dim = min(int(conf["dim"]), raw.shape[1], len(raw) - 1)
     conf = {**conf, "dim": dim}
     test = held_out_places(xy, float(conf["held_out"]), int(conf["seed"]))
     train = np.setdiff1d(np.arange(len(xy)), test)
-    far = pairs_from_labels(xy[train], radius, float(conf["far_factor"]))[1]
+    train_far = far[np.ix_(train, train)]
     train_positives = restrict(positives, train)
     scores: dict[str, dict[str, float]] = {}
     for method in conf["methods"]:
         try:
-            fitted = fit_method(method, raw[train], train_positives, far, conf)
+            fitted = fit_method(method, raw[train], train_positives, train_far, conf)
         except GluelocError as exc:
             logger.info("projection %s skipped: %s", method, exc)
             continue
@@ -192,7 +194,6 @@ def learn_projection(raw: np.ndarray, xy: np.ndarray, radius: float, conf: Mappi
     if not scores:
         raise GluelocError("no projection could be fitted")
     chosen = max(scores, key=lambda m: (float(np.mean(list(scores[m].values()))), -list(conf["methods"]).index(m)))
-    far = pairs_from_labels(xy, radius, float(conf["far_factor"]))[1]
     final = fit_method(chosen, raw, positives, far, conf)
     return Learned(final, chosen, scores, len(test), len(raw), sum(len(p) for p in positives),
                    time.perf_counter() - started)
