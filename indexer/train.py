@@ -30,10 +30,11 @@ from glueloc.core.threads import single_threaded
 from glueloc.indexer.learn import Learned, learn_conf, learn_projection, pairs_from_labels
 from glueloc.indexer.runs import audited_run
 from glueloc.storage.database import Database
+from glueloc.storage.embeddings import image_rows, stored_embeddings
 from glueloc.storage.features import FeatureReader
 from glueloc.storage.globals import write_model
 from glueloc.storage.layout import Layout
-from glueloc.storage.models import FeatureShard, Image, RetrievalModel, StoreState
+from glueloc.storage.models import RetrievalModel, StoreState
 from glueloc.storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
 from glueloc.vision import projection as proj
 
@@ -48,23 +49,6 @@ class TrainSummary:
     dim: int
     held_out: dict[str, dict[str, float]]
     seconds: float
-
-
-def _rows(db: Database) -> list[tuple[int, str, float, float, str]]:
-    with db.session() as session:
-        return [tuple(r) for r in session.execute(  # type: ignore[misc]
-            select(Image.id, Image.name, Image.x, Image.y, FeatureShard.filename)
-            .join(FeatureShard, Image.shard_id == FeatureShard.id).order_by(Image.id)).all()]
-
-
-def stored_embeddings(db: Database) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image ids, positions (N, 2), raw embeddings (N, D)) of every indexed image, by id."""
-    rows = _rows(db)
-    with FeatureReader(db.layout.features_dir) as reader:
-        raw = [reader.embedding(shard, name) for _, name, _, _, shard in rows]
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    xy = np.array([(r[2], r[3]) for r in rows], dtype=np.float64).reshape(-1, 2)
-    return ids, xy, (np.stack(raw) if raw else np.zeros((0, 0), np.float32))
 
 
 def mutual_matches(a: np.ndarray, b: np.ndarray) -> int:
@@ -87,7 +71,7 @@ def verified_positives(db: Database, xy: np.ndarray, radius: float, keep: int,
 
     A near photo with no mutual match at all is never a positive.
     """
-    rows = _rows(db)
+    rows = image_rows(db)
     positives, _ = pairs_from_labels(xy, radius, far_factor=1.0)
     cache: dict[int, np.ndarray] = {}
 

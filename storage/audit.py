@@ -48,7 +48,8 @@ from glueloc.storage.features import image_groups
 from glueloc.storage.garbage import find_garbage
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import is_locked
-from glueloc.storage.features import EMBEDDING, FeatureReader
+from glueloc.storage.embeddings import stored_embeddings
+from glueloc.storage.features import EMBEDDING
 from glueloc.storage.globals import read_codebook, read_model, read_vectors
 from glueloc.storage.models import Codebook, FeatureShard, Image, IndexRun, RetrievalModel, StoreState, VectorShard
 from glueloc.storage.vectors import VectorIndex
@@ -328,9 +329,7 @@ def _check_model(db: Database, session: Session, state: StoreState | None, repor
         report.error("model-faiss-unreadable", f"FAISS file {state.model_faiss_file} is unreadable "
                      f"({str(exc).splitlines()[0]})")
         return
-    rows = session.execute(select(Image.id, Image.name, FeatureShard.filename)
-                           .join(FeatureShard, Image.shard_id == FeatureShard.id).order_by(Image.id)).all()
-    image_ids = {r[0] for r in rows}
+    image_ids = set(session.scalars(select(Image.id)))
     ids = set(index.ids().tolist())
     if index.count != state.model_faiss_count:
         report.error("model-faiss-count", f"model FAISS holds {index.count} vectors, store_state records "
@@ -343,14 +342,13 @@ def _check_model(db: Database, session: Session, state: StoreState | None, repor
     if image_ids - ids:
         report.error("model-faiss-incomplete", f"{len(image_ids - ids)} image(s) have no vector in the model FAISS")
     if deep and current is not None and index.count and not (ids ^ image_ids):
-        order = index.ids()
-        names = {r[0]: (r[2], r[1]) for r in rows}
         try:
-            with FeatureReader(db.layout.features_dir) as reader:
-                raw = np.stack([reader.embedding(*names[int(i)]) for i in order])
+            stored_ids, _, raw = stored_embeddings(db)
         except DatabaseError:  # a damaged shard: the shard checks report it
             return
-        if not np.allclose(index.vectors(), current.project(raw), atol=1e-4):
+        where = {int(i): n for n, i in enumerate(stored_ids)}
+        in_index_order = raw[[where[int(i)] for i in index.ids()]]
+        if not np.allclose(index.vectors(), current.project(in_index_order), atol=1e-4):
             report.error("model-faiss-stale", "model FAISS vectors differ from the model's projections of the "
                          "stored embeddings")
 
