@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from glueloc.core.errors import DatabaseError
 from glueloc.core.version import __version__
 from glueloc.storage.database import Database, open_database
 from glueloc.storage.garbage import collect_garbage
@@ -26,6 +27,8 @@ T = TypeVar("T")
 def audited_run(layout: Layout, command: str, arguments: dict[str, Any],
                 step: Callable[[Database, int], T], describe: Callable[[T], str | None] = lambda _: None) -> T:
     """Run ``step(db, run_id)`` under the writer lock as a recorded run of ``command``."""
+    if not layout.root.is_dir():  # the lock file would be created inside it: say what is wrong instead
+        raise DatabaseError(f"no glueloc database at {layout.root} (run `glueloc index` to create one)")
     with WriterLock(layout.lock_path):
         db = open_database(layout)
         try:

@@ -221,3 +221,11 @@ def test_a_run_stopped_before_the_model_leaves_it_to_the_next_run(workdir: Path)
     again = run_index(db, workdir / "labels.csv", workdir / "images", embedder=None)
     assert again.skipped == 24 and again.model_trained == 1
     assert audit(Layout.at(db), deep=True).clean
+
+
+@pytest.mark.parametrize("command", ["train", "reindex"])
+def test_a_missing_database_is_one_error_line(tmp_path: Path, command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--db", str(tmp_path / "nothing-here")])
+    assert result.exit_code == DatabaseError.exit_code
+    assert result.output.strip() == f"error: no glueloc database at {tmp_path / 'nothing-here'} (run `glueloc index` to create one)"
+    assert not (tmp_path / "nothing-here").exists()
