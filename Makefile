@@ -34,5 +34,10 @@ reliability: install
 	$(PY) -m pytest -q -m slow -p no:cacheprovider tests/reliability
 	$(PY) bench/reliability_report.py reliability-out
 
+# The same suites at a reduced size, for CI: 12 kill runs instead of 100 (every scenario
+# still gets several), everything else as in `make reliability`.
+reliability-ci: install
+	GLUELOC_KILL_RUNS=12 GLUELOC_RELIABILITY_OUT=$(CURDIR)/reliability-out-ci $(PY) -m pytest -q -m slow -p no:cacheprovider tests/reliability
+
 clean:
 	rm -rf $(VENV) demo-data glueloc-db

@@ -226,7 +226,7 @@ def evaluate_database(database, state, rows, q_feats, near5, near2, positions) -
 def evaluate_votes(db: Path, variant: str, q_feats: list[Features], near5: list[set[int]],
                    near2: list[set[int]]) -> Row:
     """Rank by the database's descriptor votes, alone or in turns with its VLAD ranking,
-    through the Localizer's own shortlist (and the vote index it builds when it opens)."""
+    through the Localizer's own shortlist (and the vote index it maps when it opens)."""
     from glueloc.query.localizer import Localizer, QueryOptions
 
     retrieval = variant.removeprefix("database-")
@@ -239,7 +239,9 @@ def evaluate_votes(db: Path, variant: str, q_feats: list[Features], near5: list[
             ids = [c.image_id for c in loc.shortlist(features)]  # what a query with k = 50 would verify
             ranked[q, :len(ids)] = [order[i] for i in ids]
         ms = 1000 * (time.perf_counter() - clock) / len(q_feats)
-        mb = loc.votes.index.ntotal * (loc.votes.dim * 2 + 8) / 2**20  # float16 codes + int64 ids
+        # On disk, memory-mapped: the vote segments' files (float16 codes and int64 ids in memory
+        # for a database from before schema 0005, whose index is built at open).
+        mb = sum(p.stat().st_size for p in (db / "vectors").glob("votes-*.index")) / 2**20
         return Row(f"{variant} ({loc.votes.conf['neighbours']} neighbours, {loc.votes.conf['probes']} probes)",
                    recall(ranked, near5, KS), recall(ranked, near2, KS), 0, ms, mb, 0.0, None)
 

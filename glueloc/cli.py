@@ -145,6 +145,9 @@ def index(
     pca_dim: Annotated[Optional[int], typer.Option(min=0, help="Global vector size after PCA-whitening; 0 = none (new database).")] = None,
     exact_limit: Annotated[int, typer.Option(min=0, help="FAISS search stays exact up to this many images, then HNSW.")] = DEFAULT_EXACT_LIMIT,
     update_coordinates: Annotated[bool, typer.Option(help="Accept (and record) new coordinates for indexed names.")] = False,
+    rehash: Annotated[bool, typer.Option(
+        help="Hash every indexed file again to find changed content, even files whose size and mtime are "
+             "unchanged (a re-run otherwise trusts those).")] = False,
     calibrate: Annotated[bool, typer.Option(
         help="Then calibrate the database (as `glueloc calibrate` with its defaults) unless it is already "
              "calibrated for exactly these images.")] = False,
@@ -160,10 +163,11 @@ def index(
     vlad_conf = {k: v for k, v in (("num_clusters", clusters), ("pca_dim", pca_dim)) if v is not None}
     options = IndexOptions(extractor=extractor, extractor_conf=conf or None, matcher=matcher,
                            batch_size=batch_size, update_coordinates=update_coordinates, vlad_conf=vlad_conf or None,
-                           exact_limit=exact_limit, embedder=embedder)
+                           exact_limit=exact_limit, embedder=embedder, rehash=rehash)
     arguments = {"labels": str(labels), "images": str(images), "extractor": extractor, "embedder": embedder,
                  "matcher": matcher,
-                 "conf": conf, "vlad": vlad_conf, "batch_size": batch_size, "update_coordinates": update_coordinates}
+                 "conf": conf, "vlad": vlad_conf, "batch_size": batch_size, "update_coordinates": update_coordinates,
+                 "rehash": rehash}
     with _progress(progress and not json_out) as bar, _sigterm_as_interrupt():
         task = bar.add_task("indexing", total=len(rows))
         runner = IndexRunner(Layout.at(db), options, progress=lambda n: bar.advance(task, n))
@@ -419,6 +423,7 @@ def query(
 
     with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to)) as localizer:
         result = localizer.locate(image)
+        opened = localizer.open_seconds
         if result.x is not None:  # an answer: say how it was ranked before showing it
             _note_uncalibrated(localizer, db)
         if viz is not None and result.neighbours:
@@ -451,6 +456,7 @@ def query(
         typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  votes {votes[n.name]}  "
                    f"inliers {n.inliers}/{n.matches}{chance}")
     typer.echo("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.seconds.items()))
+    typer.echo("opened in: " + ", ".join(f"{k} {v:.3f}" for k, v in opened.items()))
     for picture in (viz, map_png):
         if picture is not None:
             typer.echo(f"wrote {picture}")

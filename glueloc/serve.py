@@ -43,6 +43,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image as PILImage
+from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glueloc.core.errors import BadImageError, GluelocError
@@ -51,6 +52,7 @@ from glueloc.query.localizer import Localizer, QueryOptions
 from glueloc.storage import inspect as inspect_db
 from glueloc.storage.database import Database
 from glueloc.storage.layout import Layout
+from glueloc.storage.models import Image
 from glueloc.storage.lock import is_locked
 from glueloc.vision.images import load_image
 from glueloc.viz import draw_map
@@ -83,7 +85,10 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK or host.startswith("127.")
 
 
-SnapshotKey = tuple[str | None, str | None, int | None, int | None]
+#: FAISS files, codebook, calibration, and the images (how many, the newest id): batches
+#: commit images without rewriting the FAISS files (storage.pending), so the files alone
+#: would not show that the catalogue moved.
+SnapshotKey = tuple[str | None, str | None, int | None, int | None, int, int]
 
 
 def committed_state(db: Database, retrieval: str) -> SnapshotKey:
@@ -93,18 +98,19 @@ def committed_state(db: Database, retrieval: str) -> SnapshotKey:
     with db.session() as session:
         state = db.state(session)
         if state is None:
-            return None, None, None, None
+            return None, None, None, None, 0, 0
         calibration = None if state.codebook_id is None else db.calibration(session, state.codebook_id, retrieval,
                                                                              state.model_id)
+        count, newest = session.execute(select(func.count(Image.id), func.max(Image.id))).one()
         return (state.faiss_file, state.model_faiss_file, state.codebook_id,
-                None if calibration is None else calibration.id)
+                None if calibration is None else calibration.id, int(count or 0), int(newest or 0))
 
 
 def snapshot_of(localizer: Localizer) -> SnapshotKey:
     """The same for the snapshot a Localizer answers from."""
     calibration = localizer.calibration
     return (localizer.state.faiss_file, localizer.state.model_faiss_file, localizer.state.codebook_id,
-            None if calibration is None else calibration.id)
+            None if calibration is None else calibration.id, len(localizer.images), max(localizer.images, default=0))
 
 
 def release_freed_memory() -> None:

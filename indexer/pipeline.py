@@ -1,7 +1,8 @@
 """The index run: labelled images -> features -> stores, incrementally and crash-safely.
 
 A run reads the whole CSV first (a bad CSV changes nothing), sorts its rows into
-*skip* (same name and content already indexed), *update* (same content, new
+*skip* (same name and content already indexed; a file whose size and mtime are those
+recorded when it was hashed is not read again unless ``rehash``), *update* (same content, new
 coordinates, only with ``update_coordinates``), *reject* and *new*, and then adds the
 new images in batches. Each batch is one unit of work that either lands whole or not at
 all:
@@ -13,14 +14,16 @@ all:
    fsync, rename);
 3. in one SQLite transaction: insert the image rows, write new FAISS files that hold
    the old vectors plus the new ones — VLAD's, and the retrieval model's projections of
-   the new embeddings (temp, fsync, rename) —, point ``store_state`` at them, update the
-   run's counters — and commit.
+   the new embeddings (temp, fsync, rename) —, point ``store_state`` at them, write the
+   batch's descriptor-vote segment and name it (indexer.vote_index), update the run's
+   counters — and commit; then merge small vote segments, each merge its own commit.
 
 A new database has no codebook and no retrieval model yet: its first run commits local
 features and embeddings only, then trains the codebook on them and publishes every
-vector in one more commit (``indexer.reindex``), then learns the retrieval model from
-the labels and publishes it in another (``indexer.train``). Killed before either, the
-next run finds it missing and trains it.
+vector in one more commit (``indexer.reindex``), then trains the descriptor-vote codec and
+publishes every image's vote segment in another (``indexer.vote_index``), then learns
+the retrieval model from the labels and publishes it in another (``indexer.train``).
+Killed before any of them, the next run finds it missing and trains it.
 
 SQLite's commit is the single commit point. Killed before it, the batch left only
 unreferenced files, which the next run deletes before it starts; killed after it, the
@@ -37,9 +40,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from glueloc.core.version import __version__
@@ -51,6 +55,7 @@ from glueloc.vision.matchers import load_matcher
 from glueloc.vision.pipelines import get_pipeline
 from glueloc.vision import vlad
 from glueloc.core.labels import LabelRow
+from glueloc.indexer import vote_index
 from glueloc.indexer.reindex import rebuild_global_vectors
 from glueloc.indexer.train import train_retrieval_model
 from glueloc.storage.database import Database, open_database
@@ -59,8 +64,9 @@ from glueloc.storage.garbage import collect_garbage
 from glueloc.storage.globals import read_codebook, read_model, write_vectors
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import WriterLock
+from glueloc.storage.pending import add_missing_projections, add_missing_vectors
 from glueloc.storage.models import (Codebook, CoordinateChange, FeatureShard, Image, IndexRun, Rejection, RetrievalModel,
-                                    StoreState, VectorShard, utcnow)
+                                    StoreState, VectorShard, VoteCodec, utcnow)
 from glueloc.vision.projection import Projection
 from glueloc.storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
 
@@ -72,6 +78,8 @@ DEFAULT_EXTRACTOR = "xfeat"
 #: A new database's image embedder (the retrieval signal that is not XFeat's); "none" for none.
 DEFAULT_EMBEDDER = "effnet-lite0-gem"
 NO_EMBEDDER = "none"
+#: Vectors not yet in the FAISS files that make a merge worth it even in a small database.
+MERGE_AT_LEAST = 1024
 
 @dataclass(frozen=True)
 class IndexOptions:
@@ -86,6 +94,7 @@ class IndexOptions:
     decode_workers: int = 2
     embedder: str | None = None  # None: the database's, or DEFAULT_EMBEDDER for a new one; "none": no embeddings
     train_model: bool = True  # a run that ends without a retrieval model (a new database's first) learns one
+    rehash: bool = False  # hash every indexed file again, even those whose size and mtime are unchanged
 
 
 @dataclass
@@ -101,6 +110,7 @@ class IndexSummary:
     codebook_trained: int | None = None  # id of the codebook this run trained, if any
     model_trained: int | None = None  # id of the retrieval model this run trained, if any
     model_note: str | None = None  # why a first run did not train one (e.g. too few capture points)
+    vote_codec_trained: int | None = None  # id of the vote codec this run trained (indexer.vote_index), if any
 
     @property
     def rejected(self) -> int:
@@ -274,6 +284,8 @@ class IndexRunner:
             codebook = self._load_codebook(db, state)
             vectors = self._load_vectors(db, state) if codebook is not None else None
             model = self._load_model(db, state)
+            with db.session() as session:
+                votes = vote_index.load_codec(db, session)
             batch: list[_Extracted] = []
             for row, decoded in _decoded(new_rows, self.options.max_pixels, self.options.decode_workers):
                 if isinstance(decoded, BadImageError):
@@ -286,15 +298,20 @@ class IndexRunner:
                 embedding = None if embedder is None else embedder.embed(decoded.rgb)
                 batch.append(_Extracted(row, decoded, ShardEntry(row.name, features, embedding)))
                 if len(batch) >= self.options.batch_size:
-                    vectors, model = self._commit_batch(db, run, state, codebook, vectors, model, batch, summary)
+                    vectors, model = self._commit_batch(db, run, state, codebook, vectors, model, votes, batch,
+                                                        summary)
                     self.progress(len(batch))
                     batch = []
             if batch:
-                vectors, model = self._commit_batch(db, run, state, codebook, vectors, model, batch, summary)
+                vectors, model = self._commit_batch(db, run, state, codebook, vectors, model, votes, batch, summary)
                 self.progress(len(batch))
+            self._merge_faiss(db, state, vectors, model)
             if codebook is None and self._has_images(db):
                 result = rebuild_global_vectors(db, run.id, retrain=True, exact_limit=self.options.exact_limit)
                 summary.codebook_trained = result.codebook_id
+            if self._has_images(db):
+                voted = vote_index.ensure(db, run.id)
+                summary.vote_codec_trained = voted.codec_id if voted is not None and voted.trained else None
             if embedder is not None and model is None and self.options.train_model and self._has_images(db):
                 self._first_model(db, run, summary)
             summary.outcome = "completed_with_rejections" if summary.rejections else "completed"
@@ -311,18 +328,25 @@ class IndexRunner:
     def _triage(self, db: Database, run: IndexRun, rows: list[LabelRow], summary: IndexSummary) -> list[LabelRow]:
         """Split rows into skipped / updated / rejected (recorded now) and new (returned)."""
         with db.session() as session:
-            known = {name: (image_id, sha, x, y) for image_id, name, sha, x, y in session.execute(
-                select(Image.id, Image.name, Image.sha256, Image.x, Image.y)
+            known = {name: (image_id, sha, x, y, size, mtime) for image_id, name, sha, x, y, size, mtime in session.execute(
+                select(Image.id, Image.name, Image.sha256, Image.x, Image.y, Image.file_size, Image.file_mtime_ns)
             )}
         new_rows: list[LabelRow] = []
         changes: list[tuple[int, LabelRow, float, float]] = []
+        hashed: list[tuple[int, int, int]] = []  # (image id, size, mtime) of files hashed again and unchanged
         for row in rows:
             if row.name not in known:
                 new_rows.append(row)
                 continue
-            image_id, sha, x, y = known[row.name]
+            image_id, sha, x, y, size, mtime = known[row.name]
             try:
-                current = sha256_file(row.path)
+                status = row.path.stat()
+                if not self.options.rehash and (status.st_size, status.st_mtime_ns) == (size, mtime):
+                    current = sha  # same name, size and mtime as when it was hashed: not read again
+                else:
+                    current = sha256_file(row.path)
+                    if current == sha:
+                        hashed.append((image_id, status.st_size, status.st_mtime_ns))
             except OSError:
                 summary.rejections.append((row.name, f"{row.name}: indexed before, but the file is missing now"))
                 continue
@@ -341,6 +365,8 @@ class IndexRunner:
                     "pass --update-coordinates to change it",
                 ))
         with db.session() as session, session.begin():
+            for image_id, size, mtime in hashed:  # so the next run need not read them either
+                session.execute(update(Image).where(Image.id == image_id).values(file_size=size, file_mtime_ns=mtime))
             for image_id, row, old_x, old_y in changes:
                 image = session.get(Image, image_id)
                 assert image is not None
@@ -354,9 +380,13 @@ class IndexRunner:
         return new_rows
 
     def _load_vectors(self, db: Database, state: StoreState) -> VectorIndex:
-        if state.faiss_file is None:
-            return VectorIndex.empty(state.global_dim)
-        return self._load_index(state.faiss_file, state.faiss_count)
+        """The VLAD FAISS index with every committed vector: the file's, and those not merged yet."""
+        index = (VectorIndex.empty(state.global_dim) if state.faiss_file is None
+                 else self._load_index(state.faiss_file, state.faiss_count))
+        with db.session() as session:
+            rows = session.execute(select(Image.id, Image.name, VectorShard.filename)
+                                   .join(VectorShard, Image.vector_shard_id == VectorShard.id)).all()
+        return add_missing_vectors(self.layout.vectors_dir, index, rows, self.options.exact_limit)[0]
 
     def _load_index(self, filename: str | None, count: int) -> VectorIndex:
         """A FAISS file the catalogue names, checked against the count it records."""
@@ -394,7 +424,11 @@ class IndexRunner:
         except (OSError, KeyError, ValueError) as exc:
             raise DatabaseError(f"retrieval model file {row.filename} is unreadable ({exc}); "
                                 "run `glueloc audit --repair`") from None
-        return projection, self._load_index(state.model_faiss_file, state.model_faiss_count)
+        index = self._load_index(state.model_faiss_file, state.model_faiss_count)
+        with db.session() as session:
+            rows = session.execute(select(Image.id, Image.name, FeatureShard.filename).join(FeatureShard)).all()
+        return projection, add_missing_projections(self.layout.features_dir, projection, index, rows,
+                                                   self.options.exact_limit)[0]
 
     def _first_model(self, db: Database, run: IndexRun, summary: IndexSummary) -> None:
         """A new database's retrieval model, trained like its codebook at the end of the first run
@@ -418,8 +452,8 @@ class IndexRunner:
 
     def _commit_batch(self, db: Database, run: IndexRun, state: StoreState,
                       codebook: tuple[vlad.VLADCodebook, str] | None, vectors: VectorIndex | None,
-                      model: tuple[Projection, VectorIndex] | None, batch: list[_Extracted],
-                      summary: IndexSummary) -> tuple[VectorIndex | None, tuple[Projection, VectorIndex] | None]:
+                      model: tuple[Projection, VectorIndex] | None, votes: tuple[VoteCodec, Any] | None,
+                      batch: list[_Extracted], summary: IndexSummary) -> tuple[VectorIndex | None, tuple[Projection, VectorIndex] | None]:
         """Publish one batch (see the module docstring); returns the FAISS indexes to continue with."""
         shard = write_shard(self.layout.features_dir, [item.entry for item in batch])
         globals_: dict[str, np.ndarray] = {}
@@ -428,8 +462,6 @@ class IndexRunner:
             vlad_codebook, codebook_file = codebook
             globals_ = {item.row.name: vlad_codebook.aggregate(item.entry.features.descriptors) for item in batch}
             vector_shard = write_vectors(self.layout.vectors_dir, codebook_file, globals_)
-        old_faiss, old_model_faiss = state.faiss_file, state.model_faiss_file
-        new_faiss, new_model_faiss = old_faiss, old_model_faiss
         with db.session() as session, session.begin():
             shard_row = FeatureShard(filename=shard.filename, sha256=shard.sha256, num_images=len(batch), run_id=run.id)
             session.add(shard_row)
@@ -443,6 +475,7 @@ class IndexRunner:
                 Image(
                     name=item.row.name, sha256=item.image.sha256, width=item.image.width, height=item.image.height,
                     x=item.row.x, y=item.row.y, extractor=state.extractor, extractor_version=state.extractor_version,
+                    file_size=item.image.file_size, file_mtime_ns=item.image.file_mtime_ns,
                     num_keypoints=len(item.entry.features), status="indexed", shard_id=shard_row.id,
                     vector_shard_id=vector_row.id if vector_row is not None else None, run_id=run.id,
                 )
@@ -450,32 +483,55 @@ class IndexRunner:
             ]
             session.add_all(images)
             session.flush()
-            live = session.get(StoreState, 1)
-            assert live is not None
+            if votes is not None:
+                # Keyed by the ids the flush just gave the rows, published before the commit names it.
+                segment = vote_index.batch_segment(db, votes[1], [(image.id, item.entry.features.descriptors)
+                                                                  for image, item in zip(images, batch)])
+                vote_index.register_segment(session, db.layout.vectors_dir, votes[0].id, run.id, segment, [image.id for image in images])
             if vectors is not None:
                 vectors = vectors.add(np.array([image.id for image in images]),
                                       np.stack([globals_[image.name] for image in images]), self.options.exact_limit)
-                new_faiss = vectors.save_new(self.layout.vectors_dir)
-                live.faiss_file, live.faiss_count = new_faiss, vectors.count
             if model is not None:
                 projection, model_index = model
                 # Projected as stored (float16), so these vectors equal what a repair re-derives.
                 raw = np.stack([item.entry.embedding for item in batch]).astype(np.float16).astype(np.float32)  # type: ignore[misc]
-                model_index = model_index.add(np.array([image.id for image in images]), projection.project(raw),
-                                              self.options.exact_limit)
-                model = projection, model_index
-                new_model_faiss = model_index.save_new(self.layout.vectors_dir)
-                live.model_faiss_file, live.model_faiss_count = new_model_faiss, model_index.count
+                model = projection, model_index.add(np.array([image.id for image in images]), projection.project(raw),
+                                                    self.options.exact_limit)
             summary.added += len(batch)
             self._write_counts(session, run.id, summary)
+        if votes is not None:
+            vote_index.compact(db, run.id)
+        # The FAISS files are merged when the vectors not in them are as many as those in
+        # them (storage.pending): bytes written over a build stay a small multiple of its size.
+        merged = state.faiss_count if vectors is not None else state.model_faiss_count
+        held = vectors.count if vectors is not None else (model[1].count if model is not None else 0)
+        if held - merged >= max(MERGE_AT_LEAST, merged):
+            self._merge_faiss(db, state, vectors, model)
+        return vectors, model
+
+    def _merge_faiss(self, db: Database, state: StoreState, vectors: VectorIndex | None,
+                     model: tuple[Projection, VectorIndex] | None) -> None:
+        """Publish the in-memory FAISS indexes (every committed vector) and name them in one commit."""
+        if (vectors is None or vectors.count == state.faiss_count) and (
+                model is None or model[1].count == state.model_faiss_count):
+            return
+        old = [state.faiss_file, state.model_faiss_file]
+        new_faiss = vectors.save_new(self.layout.vectors_dir) if vectors is not None else state.faiss_file
+        new_model = model[1].save_new(self.layout.vectors_dir) if model is not None else state.model_faiss_file
+        with db.session() as session, session.begin():
+            live = session.get(StoreState, 1)
+            assert live is not None
+            if vectors is not None:
+                live.faiss_file, live.faiss_count = new_faiss, vectors.count
+            if model is not None:
+                live.model_faiss_file, live.model_faiss_count = new_model, model[1].count
         if vectors is not None:
             state.faiss_file, state.faiss_count = new_faiss, vectors.count
         if model is not None:
-            state.model_faiss_file, state.model_faiss_count = new_model_faiss, model[1].count
-        for old, new in ((old_faiss, new_faiss), (old_model_faiss, new_model_faiss)):
-            if old is not None and old != new:
-                (self.layout.vectors_dir / old).unlink(missing_ok=True)
-        return vectors, model
+            state.model_faiss_file, state.model_faiss_count = new_model, model[1].count
+        for name in old:
+            if name is not None and name not in (new_faiss, new_model):
+                (self.layout.vectors_dir / name).unlink(missing_ok=True)
 
     def _reject(self, db: Database, run: IndexRun, summary: IndexSummary, name: str, reason: str) -> None:
         summary.rejections.append((name, reason))

@@ -59,6 +59,7 @@ from sqlalchemy.orm import Session
 from glueloc.core.errors import DatabaseError, GluelocError, StorageWriteError
 from glueloc.core.labels import MAX_PROBLEMS_SHOWN, LabelsError, check_name, open_csv
 from glueloc.core.version import __version__
+from glueloc.indexer import vote_index
 from glueloc.indexer.pipeline import write_failed
 from glueloc.storage.audit import REMOVE_COMMAND, RETIRED_KEY
 from glueloc.storage.database import Database, open_database
@@ -66,7 +67,7 @@ from glueloc.storage.garbage import collect_garbage
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import WriterLock
 from glueloc.storage.models import (CoordinateChange, FeatureShard, Image, IndexRun, Rejection,
-                                    VectorShard, utcnow)
+                                    VectorShard, VoteSegment, utcnow)
 from glueloc.storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -272,6 +273,9 @@ def _remove_locked(db: Database, wanted: list[str], arguments: dict[str, Any]) -
                 db, state.model_faiss_file, state.model_faiss_count, [t.id for t in targets])
             if model_faiss is not None:
                 published.append(model_faiss[0])
+            # Vote segments holding any target are replaced by ones without it (before the rows go).
+            segments_added, _ = vote_index.rewrite_without(db, session, [t.id for t in targets])
+            published += segments_added
             retired = _retire(session, targets)
             shards = _collect_rows(session, FeatureShard, Image.shard_id, {t.shard_id for t in targets})
             vector_shards = _collect_rows(session, VectorShard, Image.vector_shard_id,
@@ -317,8 +321,11 @@ def _faiss_without(db: Database, faiss_file: str | None, faiss_count: int, image
     except RuntimeError as exc:
         raise DatabaseError(f"FAISS file {path.name} is unreadable ({str(exc).splitlines()[0]}); "
                             "run `glueloc audit --repair` first") from None
-    if index.count != faiss_count or not np.isin(ids, index.ids()).all():
+    if index.count != faiss_count:
         raise DatabaseError(f"FAISS file {path.name} does not match the catalogue; run `glueloc audit --repair` first")
+    ids = ids[np.isin(ids, index.ids())]  # the others are pending, never merged into it (storage.pending)
+    if not len(ids):
+        return None
     before = index.count
     smaller = index.remove(ids)  # the exact index in place, HNSW rebuilt
     if smaller.count != before - len(ids):
@@ -365,6 +372,7 @@ def _discard_unless_current(db: Database, published: list[str]) -> None:
         with db.session() as session:
             state = db.state(session)
             current = {state.faiss_file, state.model_faiss_file} if state is not None else set()
+            current |= set(session.scalars(select(VoteSegment.filename)))
     except Exception as exc:
         logger.warning("could not check the catalogue after a failed remove (%s); leaving %s for the next writer",
                        exc, ", ".join(published))

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 
 from glueloc.core.version import __version__
+from glueloc.indexer import vote_index
 from glueloc.indexer.refeature import rebuild_damaged_shards
 from glueloc.indexer.reindex import rebuild_global_vectors
 from glueloc.indexer.train import rebuild_model_vectors, train_retrieval_model
-from glueloc.storage.audit import audit
-from glueloc.storage.database import open_database
+from glueloc.storage.audit import AuditReport, audit
+from glueloc.storage.database import Database, open_database
 from glueloc.storage.garbage import collect_garbage
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import WriterLock
@@ -29,7 +30,15 @@ CODEBOOK_CODES = {"codebook-missing", "codebook-unreadable", "codebook-changed",
 MODEL_CODES = {"model-missing", "model-unreadable", "model-changed"}
 #: Its FAISS file disagrees with the rows: re-projected from the stored embeddings.
 MODEL_FAISS_CODES = {"model-faiss-missing", "model-faiss-unreadable", "model-faiss-count", "model-faiss-dim",
-                     "model-faiss-orphan", "model-faiss-incomplete", "model-faiss-stale"}
+                     "model-faiss-orphan", "model-faiss-stale"}
+
+#: The vote codec is damaged: a new one is trained and every image re-encoded.
+VOTE_CODEC_CODES = {"vote-codec-missing", "vote-codec-changed", "vote-codec-unreadable", "vote-codec-cells",
+                    "vote-codec-unregistered", "vote-segment-stale"}
+#: Some segments are damaged or missing: they are forgotten and their images encoded again.
+VOTE_SEGMENT_CODES = {"vote-segment-images", "vote-segment-count", "vote-segment-missing", "vote-segment-truncated",
+                      "vote-segment-changed", "vote-segment-unreadable", "vote-segment-ids", "vote-segment-unregistered",
+                      "votes-missing"}
 
 
 def repair(layout: Layout) -> list[str]:
@@ -71,7 +80,7 @@ def repair(layout: Layout) -> list[str]:
                 remaining = []
             features_ok = not (codes & FEATURE_CODES)
             model_codes = codes & (MODEL_CODES | MODEL_FAISS_CODES)
-            codes -= MODEL_CODES | MODEL_FAISS_CODES
+            codes -= MODEL_CODES | MODEL_FAISS_CODES | VOTE_CODEC_CODES | VOTE_SEGMENT_CODES
             if features_ok and model_codes & MODEL_CODES:
                 trained = train_retrieval_model(db, run.id)
                 actions.append(f"retrained the retrieval model as {trained.model_id} ({trained.method}) from the "
@@ -84,6 +93,8 @@ def repair(layout: Layout) -> list[str]:
                 result = rebuild_global_vectors(db, run.id, retrain=retrain)
                 actions.append(f"rebuilt {result.images} global vectors and the FAISS index from the local features"
                                + (f" (codebook retrained as {result.codebook_id})" if retrain else ""))
+            if features_ok:
+                actions += _repair_votes(db, run.id, before)
             for finding in remaining:
                 actions.append(f"not derivable, left as is: {finding.message}")
             with db.session() as session, session.begin():
@@ -93,3 +104,24 @@ def repair(layout: Layout) -> list[str]:
         finally:
             db.close()
     return actions
+
+
+def _repair_votes(db: Database, run_id: int, before: AuditReport) -> list[str]:
+    """Rebuild the descriptor-vote index where the audit found it damaged, missing or pending."""
+    found = {f.code for f in before.findings}
+    if found & VOTE_CODEC_CODES:
+        result = vote_index.rebuild(db, run_id)
+        return [f"trained vote codec {result.codec_id} and re-encoded the descriptors of {result.encoded} image(s)"]
+    if found & VOTE_SEGMENT_CODES:
+        damaged = [f.message.split()[2] for f in before.errors if f.code in VOTE_SEGMENT_CODES
+                   and f.message.startswith("vote segment ")]
+        forgotten = vote_index.drop_damaged(db, damaged)
+        result = vote_index.ensure(db, run_id)
+        encoded = 0 if result is None else result.encoded
+        return [f"re-encoded the descriptors of {encoded} image(s) into new vote segments"
+                + (f" (replacing {forgotten} damaged segment(s))" if forgotten else "")]
+    if "votes-pending" in found:
+        result = vote_index.ensure(db, run_id)
+        if result is not None:
+            return [f"built the descriptor-vote index: vote codec {result.codec_id}, {result.encoded} image(s)"]
+    return []

@@ -9,10 +9,9 @@ query.decide).
 
 A Localizer answers from one snapshot of the database taken when it opens
 (query.snapshot), so a query beside an index run sees only images committed before it
-began. It also builds the descriptor-vote index of exactly those images then
-(query.votes; about 8 s for Getty's 4500 images on 2 cores, paid once per Localizer, so
-``evaluate`` and ``predict`` pay it once and a single ``glueloc query`` pays it every time
-— ``--retrieval vlad`` skips it).
+began. Its descriptor-vote index is the snapshot's persisted segments, memory-mapped
+(query.votes), so opening costs milliseconds; only images that no segment holds yet (a
+database from before revision 0005) are indexed in memory then.
 """
 
 from __future__ import annotations
@@ -125,9 +124,13 @@ class Localizer:
         known = (AUTO, CALIBRATED, *ESTIMATORS)
         if self.options.estimator not in known:
             raise GluelocError(f"unknown estimator {self.options.estimator!r} ({', '.join(known)})")
+        #: Seconds this Localizer took to open, by step (what a cold ``glueloc query`` pays once).
+        self.open_seconds: dict[str, float] = {}
+        clock = time.perf_counter()
         self.db = open_database(layout)
         try:
             snapshot = open_snapshot(self.db, self.options.retrieval)
+            self.open_seconds["snapshot"] = time.perf_counter() - clock
             self.state, self.codebook, self.index, self.images = (snapshot.state, snapshot.codebook,
                                                                   snapshot.index, snapshot.images)
             # The learned image ranking, when the database has one (query.retrieval).
@@ -147,20 +150,25 @@ class Localizer:
             self.extractor = load_recorded_extractor(self.state.extractor, self.state.extractor_version,
                                                      self.state.extractor_config)
             self.matcher = load_matcher(self.state.matcher, self.state.matcher_config)
+            self.open_seconds["models"] = time.perf_counter() - clock - self.open_seconds["snapshot"]
         except BaseException:
             self.db.close()
             raise
+        clock = time.perf_counter()
         self.reader = FeatureReader(layout.features_dir)
         self.votes: DescriptorVotes | None = None
         if self.options.retrieval in (FUSED, VOTES):
-            # Exactly the snapshot's images, read from their immutable shards (query.votes).
+            # Exactly the snapshot's images: its mapped segments, and in memory the images
+            # no segment holds yet, read from their immutable shards (query.votes).
             try:
-                self.votes = DescriptorVotes.build(
-                    self.reader, ((i.id, i.shard, i.name) for i in sorted(self.images.values(), key=lambda i: i.id)),
-                    self.codebook.centroids)
+                parts = snapshot.votes
+                self.votes = DescriptorVotes.open(
+                    [] if parts is None else parts.segments, None if parts is None else parts.codec,
+                    self.codebook.centroids, self.reader, ((i.id, i.shard, i.name) for i in snapshot.unvoted))
             except BaseException:
                 self.close()
                 raise
+        self.open_seconds["votes"] = time.perf_counter() - clock
 
     @property
     def k(self) -> int:

@@ -9,15 +9,17 @@ nearest descriptors ranks a photo of the place the seed found among the top 2 fo
 and recall of a db photo within 5 units rises at 1 from 69.7 % (VLAD) to 81.0 %, at 10
 from 90.1 % to 93.0 % (``bench/retrieval.py``).
 
-How: all database descriptors go into a FAISS inverted file whose coarse quantizer is
-the database's VLAD codebook (its centres already partition this descriptor space, so
-nothing new is trained or stored), keyed by image id. A query descriptor looks up its
-``neighbours`` nearest database descriptors in the ``probes`` nearest cells and votes
-once for each distinct image among them; an image's score is its number of votes.
+How: every database descriptor is in an inverted file keyed by image id. A query
+descriptor looks up its ``neighbours`` nearest database descriptors in the ``probes``
+nearest cells and votes once for each distinct image among them; an image's score is its
+number of votes.
 
-The index is built from the feature shards of one consistent snapshot when a Localizer
-opens (seconds for thousands of images), so it always holds exactly the images the
-snapshot's catalogue and FAISS file hold, and it is never written to disk.
+Where the inverted file comes from: the segments the database persists
+(storage.vote_segments), memory-mapped when a Localizer opens, so opening costs
+milliseconds at any size. The snapshot names exactly the segments of its images
+(query.snapshot); images no segment holds yet (a database from before revision 0005, or
+a first index run stopped before its vote codec) are indexed in memory at open, as
+every image was before — slower, but the same answer.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ from glueloc.storage.features import FeatureReader
 
 logger = logging.getLogger(__name__)
 
-#: Documented defaults (Getty dev queries, 2 cores): 10 neighbours per descriptor; 4
-#: probed cells of the 256-centre codebook cost ~0.3 s per query and, in a prototype,
-#: found a near photo in the top 10 as often as 8 or 16 cells did (0.7-0.8 s).
+#: Documented defaults. 10 neighbours per descriptor. 8 probed cells of the database's vote
+#: codec (about 1024 descriptors per cell, storage.vote_segments), chosen on 150 held-out
+#: Getty database places (``bench/vote_codecs.py``): recall of a near photo at 1/5/10/20 of
+#: 80.7/89.3/92.0/94.7 % in ~0.2 s per query, where 4 probes lose R@1 (78.0 %) and 16 gain
+#: nothing at twice the time; the in-memory float16 index over 256 codebook cells that
+#: queries used before (4 probes) reached 80.0/88.7/92.0/96.0 % in ~0.9 s.
 DEFAULT_CONF: dict[str, Any] = {
     "neighbours": 10,  # nearest database descriptors each query descriptor votes for
-    "probes": 4,  # inverted-file cells searched per query descriptor
+    "probes": 8,  # inverted-file cells searched per query descriptor
 }
 #: Images whose descriptors go into the inverted file in one call while it is built.
 ADD_BATCH = 64
@@ -58,68 +63,102 @@ def votes_conf(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 class DescriptorVotes:
-    """An inverted file of every database descriptor, answering "which images share most"."""
+    """An inverted file of every database descriptor, in parts, answering "which images share most".
 
-    def __init__(self, centroids: np.ndarray, conf: Mapping[str, Any] | None = None) -> None:
+    Each part is one FAISS inverted file (a mapped segment, or the in-memory index of the
+    images no segment holds); a query descriptor's nearest neighbours are the best
+    ``neighbours`` over all parts, so the split into parts does not change the votes
+    beyond the parts' encodings.
+    """
+
+    def __init__(self, parts: list[faiss.IndexIVF], conf: Mapping[str, Any] | None = None) -> None:
         self.conf = votes_conf(conf)
-        centres = _unit(centroids)
-        self.dim = int(centres.shape[1])
-        self._quantizer = faiss.IndexFlatIP(self.dim)
-        self._quantizer.add(centres)
-        # float16 codes: half the memory of float32. The descriptors are stored as float16
-        # in the feature shards already, so no precision is lost that the shards still hold.
-        self.index = faiss.IndexIVFScalarQuantizer(self._quantizer, self.dim, len(centres),
-                                                   faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        self.index.is_trained = True  # the codebook's centres are the (already trained) cells
-        self.images = 0
+        self.parts = [part for part in parts if part.ntotal]
+        self.dim = int(parts[0].d) if parts else 0
+        self.descriptors = sum(int(part.ntotal) for part in self.parts)
 
     @classmethod
-    def build(cls, reader: FeatureReader, images: Iterable[tuple[int, str, str]], centroids: np.ndarray,
-              conf: Mapping[str, Any] | None = None) -> "DescriptorVotes":
-        """Index the descriptors of ``images`` — (image id, shard file, name) — read from their shards."""
+    def open(cls, segments: list[faiss.IndexIVF], codec: faiss.IndexIVF | None, centroids: np.ndarray,
+             reader: FeatureReader, waiting: Iterable[tuple[int, str, str]],
+             conf: Mapping[str, Any] | None = None) -> "DescriptorVotes":
+        """The (mapped) ``segments`` plus an in-memory part for ``waiting`` images — (id, shard, name) —
+        encoded with ``codec`` (or, without one, in cells of the VLAD ``centroids``, float16)."""
         clock = time.perf_counter()
-        votes = cls(centroids, conf)
-        pending: list[tuple[int, np.ndarray]] = []
-        for image_id, shard, name in images:
-            pending.append((image_id, reader.descriptors(shard, name)))
-            if len(pending) == ADD_BATCH:
-                votes.add_many(pending)
-                pending = []
-        votes.add_many(pending)
-        logger.info("descriptor votes: %d descriptors of %d images indexed in %.1f s",
-                    votes.index.ntotal, votes.images, time.perf_counter() - clock)
+        parts = list(segments)
+        waiting = list(waiting)
+        if waiting:
+            memory = in_memory(codec, centroids)
+            pending: list[tuple[int, np.ndarray]] = []
+            for image_id, shard, name in waiting:
+                pending.append((image_id, reader.descriptors(shard, name)))
+                if len(pending) == ADD_BATCH:
+                    add(memory, pending)
+                    pending = []
+            add(memory, pending)
+            parts.append(memory)
+            logger.info("descriptor votes: %d image(s) no vote segment holds indexed in memory in %.1f s "
+                        "(the next `glueloc index` or `audit --repair` persists them)", len(waiting),
+                        time.perf_counter() - clock)
+        votes = cls(parts, conf)
+        logger.debug("descriptor votes: %d part(s), %d descriptors, open in %.3f s", len(parts), votes.descriptors,
+                     time.perf_counter() - clock)
         return votes
-
-    def add(self, image_id: int, descriptors: np.ndarray) -> None:
-        self.add_many([(image_id, descriptors)])
-
-    def add_many(self, images: list[tuple[int, np.ndarray]]) -> None:
-        """Index the descriptors of several images in one FAISS call (one call per image is slower)."""
-        for _, descriptors in images:
-            if len(descriptors) and descriptors.shape[1] != self.dim:
-                raise ValueError(f"descriptors of {descriptors.shape[1]} dimensions for a {self.dim}-d codebook")
-        # A featureless image is still indexed: it adds no descriptor and simply never gets a vote.
-        described = [(image_id, d) for image_id, d in images if len(d)]
-        if described:
-            vectors = _unit(np.concatenate([d for _, d in described]))
-            ids = np.concatenate([np.full(len(d), image_id, dtype=np.int64) for image_id, d in described])
-            self.index.add_with_ids(vectors, ids)
-        self.images += len(images)
 
     def count(self, descriptors: np.ndarray, exclude: Iterable[int] = ()) -> dict[int, int]:
         """Votes per database image id (images with none are absent); ``exclude`` ids never vote."""
-        if len(descriptors) == 0 or self.index.ntotal == 0:
+        if len(descriptors) == 0 or not self.parts:
             return {}
+        if descriptors.shape[1] != self.dim:
+            raise ValueError(f"descriptors of {descriptors.shape[1]} dimensions for a {self.dim}-d vote index")
         excluded = np.fromiter(exclude, dtype=np.int64)
         selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded)) if len(excluded) else None
         params = faiss.SearchParametersIVF(nprobe=int(self.conf["probes"]), sel=selector)
-        _, ids = self.index.search(_unit(descriptors), int(self.conf["neighbours"]), params=params)
+        k = int(self.conf["neighbours"])
+        queries = _unit(descriptors)
+        found = [part.search(queries, k, params=params) for part in self.parts]
+        if len(found) == 1:
+            ids = found[0][1]
+        else:
+            # The best k of every part's best k: FAISS marks empty slots with id -1 and -inf similarity.
+            similarity = np.concatenate([f[0] for f in found], axis=1)
+            candidates = np.concatenate([f[1] for f in found], axis=1)
+            best = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+            ids = np.take_along_axis(candidates, best, axis=1)
         # One vote per image per query descriptor, however many of its descriptors are near.
         ids = np.sort(ids, axis=1)
         first = np.ones_like(ids, dtype=bool)
         first[:, 1:] = ids[:, 1:] != ids[:, :-1]
         voted, counts = np.unique(ids[first & (ids >= 0)], return_counts=True)
         return dict(zip(voted.tolist(), counts.tolist()))
+
+
+def in_memory(codec: faiss.IndexIVF | None, centroids: np.ndarray) -> faiss.IndexIVF:
+    """An empty in-memory part: a copy of the database's ``codec``, or without one an inverted
+    file over the VLAD codebook's ``centroids`` with float16 codes (what revision 0004 used)."""
+    if codec is not None:
+        return faiss.clone_index(codec)
+    centres = _unit(centroids)
+    quantizer = faiss.IndexFlatIP(int(centres.shape[1]))
+    quantizer.add(centres)
+    index = faiss.IndexIVFScalarQuantizer(quantizer, int(centres.shape[1]), len(centres), faiss.ScalarQuantizer.QT_fp16,
+                                          faiss.METRIC_INNER_PRODUCT)
+    index.own_fields = True
+    quantizer.this.disown()
+    index.is_trained = True  # the codebook's centres are the (already trained) cells
+    return index
+
+
+def add(index: faiss.IndexIVF, images: list[tuple[int, np.ndarray]]) -> None:
+    """Index the descriptors of several images in one FAISS call (one call per image is slower)."""
+    for _, descriptors in images:
+        if len(descriptors) and descriptors.shape[1] != index.d:
+            raise ValueError(f"descriptors of {descriptors.shape[1]} dimensions for a {index.d}-d vote index")
+    # A featureless image is still indexed: it adds no descriptor and simply never gets a vote.
+    described = [(image_id, d) for image_id, d in images if len(d)]
+    if described:
+        vectors = _unit(np.concatenate([d for _, d in described]))
+        ids = np.concatenate([np.full(len(d), image_id, dtype=np.int64) for image_id, d in described])
+        index.add_with_ids(vectors, ids)
 
 
 def ranked(counts: Mapping[int, int]) -> list[int]:

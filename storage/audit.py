@@ -14,12 +14,16 @@ The invariants, with SQLite as the source of truth:
   first codebook is trained, waiting images are a note), each shard holding exactly its
   images' vectors (and those retired from it, as for feature shards);
 * the FAISS file named in ``store_state`` exists, has the recorded count and dimension,
-  and holds exactly the ids of the images with vectors (``--deep``: the same vectors as
-  the vector shards);
+  and holds only ids of images with vectors, once each (``--deep``: the same vectors as
+  the vector shards); images it lacks were committed since the last merge (a note:
+  readers add them from the vector shards, storage.pending);
 * in a database that embeds images, every image group holds its raw embedding; the
   current retrieval model's file exists and reads (``--deep``: hashes to its sha256),
-  its FAISS file exists with the recorded count and exactly the images' ids
+  its FAISS file exists with the recorded count and only the images' ids
   (``--deep``: the vectors the model makes of the stored embeddings);
+* once the database has a vote codec, every image is in exactly one vote segment of the
+  current codec, each segment file exists with its recorded size and descriptor count
+  (``--deep``: its sha256, and exactly its images' ids); before the first codec, a note;
 * ``--deep``: every image file still on disk hashes to its recorded sha256.
 
 Findings are *errors* (the stores disagree: exit 1) or *notes* (harmless facts an
@@ -50,8 +54,10 @@ from glueloc.storage.layout import Layout
 from glueloc.storage.lock import is_locked
 from glueloc.storage.embeddings import stored_embeddings
 from glueloc.storage.features import EMBEDDING
-from glueloc.storage.globals import read_codebook, read_model, read_vectors
-from glueloc.storage.models import Codebook, FeatureShard, Image, IndexRun, RetrievalModel, StoreState, VectorShard
+from glueloc.storage.globals import read_codebook, read_model, read_vector_shapes, read_vectors
+from glueloc.storage.models import (Codebook, FeatureShard, Image, IndexRun, RetrievalModel, StoreState, VectorShard,
+                                    VoteCodec, VoteSegment)
+from glueloc.storage.vote_segments import open_segment, read_codec, segment_ids
 from glueloc.storage.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -191,19 +197,25 @@ def _check_group(group: h5py.Group, image: Image, embedded: bool = False) -> str
 
 
 def _check_vectors(db: Database, session: Session, state: StoreState | None, report: AuditReport,
-                   deep: bool) -> dict[int, np.ndarray]:
-    """Check the codebook and the vector shards; returns the vectors read, by image id."""
-    vectors: dict[int, np.ndarray] = {}
+                   deep: bool, index: VectorIndex | None = None) -> None:
+    """Check the codebook and the vector shards, one shard at a time.
+
+    A plain audit reads each shard's names and shapes only; ``--deep`` reads its vectors and
+    compares them with the FAISS ``index`` (when it opened) before the next shard, so
+    neither keeps every vector in memory.
+    """
     images = session.execute(select(Image.id, Image.name, Image.vector_shard_id)).all()
     if state is None:
-        return vectors
+        return
+    in_index = set(index.ids().tolist()) if index is not None and deep else set()
+    stale = 0
     codebook = session.get(Codebook, state.codebook_id) if state.codebook_id else None
     waiting = [i for i in images if i.vector_shard_id is None]
     if codebook is None:
         if images:
             report.note("vectors-pending", f"{len(images)} image(s) wait for the first codebook: the next "
                         "`glueloc index` or `glueloc reindex` trains it and adds their global vectors")
-        return vectors
+        return
     for row in session.scalars(select(Codebook)):
         path = db.layout.vectors_dir / row.filename
         if not path.exists():
@@ -236,42 +248,46 @@ def _check_vectors(db: Database, session: Session, state: StoreState | None, rep
         if deep and sha256_file(path) != shard.sha256:
             report.error("vectors-shard-changed", f"vector shard {shard.filename} no longer matches its sha256")
         try:
-            made_by, stored = read_vectors(path)
+            made_by, shapes = read_vector_shapes(path)
+            stored = read_vectors(path)[1] if deep else {}
         except (OSError, KeyError) as exc:
             report.error("vectors-shard-unreadable", f"vector shard {shard.filename} is unreadable ({exc})")
             continue
         if made_by != session.get(Codebook, shard.codebook_id).filename:  # type: ignore[union-attr]
             report.error("vectors-stale", f"vector shard {shard.filename} names codebook file {made_by!r}")
         for image_id, name in members:
-            if name not in stored:
+            if name not in shapes:
                 report.error("vectors-missing", f"{name}: no vector in {shard.filename}")
-            elif stored[name].shape != (state.global_dim,):
-                report.error("vectors-bad", f"{name}: vector of shape {stored[name].shape}, expected ({state.global_dim},)")
-            else:
-                vectors[image_id] = stored[name]
-        orphans = set(stored) - {name for _, name in members} - retired.get(shard.filename, set())
+            elif shapes[name] != (state.global_dim,):
+                report.error("vectors-bad", f"{name}: vector of shape {shapes[name]}, expected ({state.global_dim},)")
+            elif image_id in in_index and index is not None and index.dim == state.global_dim:
+                if not np.allclose(index.index.reconstruct(int(image_id)), stored[name], atol=1e-5):
+                    stale += 1
+        orphans = set(shapes) - {name for _, name in members} - retired.get(shard.filename, set())
         if orphans:
             report.error("vectors-orphan", f"vector shard {shard.filename} holds {len(orphans)} vector(s) no image row points to")
     for shard_id, members in by_shard.items():
         report.error("vectors-unregistered", f"{len(members)} image(s) point to vector shard id {shard_id}, which is not registered")
-    return vectors
+    if stale:
+        report.error("faiss-stale", f"{stale} FAISS vector(s) differ from the HDF5 global descriptors")
 
 
-def _check_faiss(db: Database, state: StoreState | None, image_ids: set[int], stored: dict[int, np.ndarray],
-                 report: AuditReport, deep: bool) -> None:
+def _check_faiss(db: Database, state: StoreState | None, image_ids: set[int], report: AuditReport) -> VectorIndex | None:
+    """The global vectors' FAISS file against the rows; returns it (for the deep comparison
+    with the vector shards, ``_check_vectors``) when it opened."""
     if state is None or state.faiss_file is None:
         if image_ids:
             report.error("faiss-missing", f"{len(image_ids)} images with vectors but no FAISS index is recorded")
-        return
+        return None
     path = db.layout.vectors_dir / state.faiss_file
     if not path.exists():
         report.error("faiss-missing", f"FAISS file {state.faiss_file} is missing (derivable: `glueloc audit --repair`)")
-        return
+        return None
     try:
         index = VectorIndex.load(path)
     except RuntimeError as exc:
         report.error("faiss-unreadable", f"FAISS file {state.faiss_file} is unreadable ({str(exc).splitlines()[0]})")
-        return
+        return None
     report.vectors = index.count
     ids = index.ids()
     if index.dim != state.global_dim:
@@ -283,13 +299,10 @@ def _check_faiss(db: Database, state: StoreState | None, image_ids: set[int], st
         report.error("faiss-duplicate", f"FAISS holds {len(ids) - len(id_set)} duplicate id(s)")
     if id_set - image_ids:
         report.error("faiss-orphan", f"FAISS holds {len(id_set - image_ids)} id(s) with no image row")
-    if image_ids - id_set:
-        report.error("faiss-incomplete", f"{len(image_ids - id_set)} image(s) have no FAISS vector")
-    if deep and index.count and index.dim == state.global_dim:
-        matrix = index.vectors()
-        wrong = [i for i, v in zip(ids.tolist(), matrix) if i in stored and not np.allclose(v, stored[i], atol=1e-5)]
-        if wrong:
-            report.error("faiss-stale", f"{len(wrong)} FAISS vector(s) differ from the HDF5 global descriptors")
+    if image_ids - id_set:  # committed since the last merge: readers add them from the vector shards
+        report.note("faiss-pending", f"{len(image_ids - id_set)} image(s) have vectors not merged into the FAISS "
+                    "file yet (queries add them from the vector shards; the next index run merges them)")
+    return index
 
 
 def _check_model(db: Database, session: Session, state: StoreState | None, report: AuditReport, deep: bool) -> None:
@@ -339,9 +352,10 @@ def _check_model(db: Database, session: Session, state: StoreState | None, repor
         return
     if ids - image_ids:
         report.error("model-faiss-orphan", f"model FAISS holds {len(ids - image_ids)} id(s) with no image row")
-    if image_ids - ids:
-        report.error("model-faiss-incomplete", f"{len(image_ids - ids)} image(s) have no vector in the model FAISS")
-    if deep and current is not None and index.count and not (ids ^ image_ids):
+    if image_ids - ids:  # committed since the last merge: readers project them from the stored embeddings
+        report.note("model-faiss-pending", f"{len(image_ids - ids)} image(s) have no vector in the model FAISS "
+                    "file yet (queries project their stored embeddings; the next index run merges them)")
+    if deep and current is not None and index.count and not (ids - image_ids):
         try:
             stored_ids, _, raw = stored_embeddings(db)
         except DatabaseError:  # a damaged shard: the shard checks report it
@@ -351,6 +365,91 @@ def _check_model(db: Database, session: Session, state: StoreState | None, repor
         if not np.allclose(index.vectors(), current.project(in_index_order), atol=1e-4):
             report.error("model-faiss-stale", "model FAISS vectors differ from the model's projections of the "
                          "stored embeddings")
+
+
+def _check_votes(db: Database, session: Session, state: StoreState | None, report: AuditReport, deep: bool) -> None:
+    """The descriptor-vote codec and segments (storage.vote_segments) against the image rows.
+
+    A plain audit checks what the catalogue records of each file (present, size, count,
+    images) and reads only the small codec; ``--deep`` also hashes every segment and reads
+    the image ids it holds.
+    """
+    if state is None:
+        return
+    images = dict(session.execute(select(Image.id, Image.num_keypoints)).all())
+    if state.vote_codec_id is None:
+        if images and state.codebook_id is not None:
+            report.note("votes-pending", f"{len(images)} image(s) have no persisted descriptor-vote index (queries "
+                        "index them in memory): the next `glueloc index` or `glueloc audit --repair` builds it")
+        return
+    codec = session.get(VoteCodec, state.vote_codec_id)
+    if codec is None:
+        report.error("vote-codec-unregistered", f"store_state names vote codec {state.vote_codec_id}, which is not registered")
+        return
+    path = db.layout.vectors_dir / codec.filename
+    if not path.exists():
+        report.error("vote-codec-missing", f"vote codec file {codec.filename} is missing (derivable: `glueloc audit --repair`)")
+    else:
+        if deep and sha256_file(path) != codec.sha256:
+            report.error("vote-codec-changed", f"vote codec file {codec.filename} no longer matches its sha256")
+        try:
+            trained = read_codec(path)
+            if trained.nlist != codec.cells:
+                report.error("vote-codec-cells", f"vote codec file {codec.filename} has {trained.nlist} cells, "
+                             f"its row records {codec.cells}")
+        except RuntimeError as exc:
+            report.error("vote-codec-unreadable", f"vote codec file {codec.filename} is unreadable "
+                         f"({str(exc).splitlines()[0][:120]})")
+    members: dict[int, list[int]] = defaultdict(list)
+    for image_id, segment_id in session.execute(select(Image.id, Image.vote_segment_id)):
+        if segment_id is None:
+            continue
+        members[segment_id].append(image_id)
+    waiting = len(images) - sum(len(ids) for ids in members.values())
+    if waiting:
+        report.error("votes-missing", f"{waiting} image(s) are in no descriptor-vote segment (derivable: "
+                     "`glueloc audit --repair`)")
+    for segment in session.scalars(select(VoteSegment).order_by(VoteSegment.id)):
+        held = members.pop(segment.id, [])
+        if segment.codec_id != codec.id:
+            report.error("vote-segment-stale", f"vote segment {segment.filename} was encoded by codec {segment.codec_id}, "
+                         f"not the current {codec.id}")
+        if len(held) != segment.num_images:
+            report.error("vote-segment-images", f"vote segment {segment.filename} records {segment.num_images} "
+                         f"image(s), {len(held)} point to it")
+        if sum(images[i] for i in held) != segment.num_descriptors:
+            report.error("vote-segment-count", f"vote segment {segment.filename} records {segment.num_descriptors} "
+                         f"descriptors, its images have {sum(images[i] for i in held)}")
+        where = db.layout.vectors_dir / segment.filename
+        if not where.exists():
+            report.error("vote-segment-missing", f"vote segment {segment.filename} is missing ({len(held)} image(s); "
+                         "derivable: `glueloc audit --repair`)")
+            continue
+        if where.stat().st_size != segment.size_bytes:
+            report.error("vote-segment-truncated", f"vote segment {segment.filename} holds {where.stat().st_size} "
+                         f"bytes, its row records {segment.size_bytes}")
+            continue
+        if deep and sha256_file(where) != segment.sha256:
+            report.error("vote-segment-changed", f"vote segment {segment.filename} no longer matches its sha256")
+            continue
+        try:
+            opened = open_segment(where)
+        except RuntimeError as exc:
+            report.error("vote-segment-unreadable", f"vote segment {segment.filename} is unreadable "
+                         f"({str(exc).splitlines()[0][:120]})")
+            continue
+        if opened.ntotal != segment.num_descriptors:
+            report.error("vote-segment-count", f"vote segment {segment.filename} holds {opened.ntotal} descriptors, "
+                         f"its row records {segment.num_descriptors}")
+        elif deep:
+            ids = set(segment_ids(opened).tolist())
+            described = {i for i in held if images[i]}
+            if ids != described:
+                report.error("vote-segment-ids", f"vote segment {segment.filename} holds descriptors of "
+                             f"{len(ids - described)} image(s) not assigned to it and lacks {len(described - ids)}")
+    for segment_id, held in members.items():
+        report.error("vote-segment-unregistered", f"{len(held)} image(s) point to vote segment id {segment_id}, "
+                     "which is not registered")
 
 
 def _check_image_files(session: Session, report: AuditReport) -> None:
@@ -385,10 +484,12 @@ def audit(layout: Layout, deep: bool = False) -> AuditReport:
                 if other:
                     report.error("extractor-mixed", f"{other} image(s) were not made by {state.extractor} v{state.extractor_version}")
             _check_shards(db, session, report, deep)
-            stored = _check_vectors(db, session, state, report, deep)
             image_ids = set(session.scalars(select(Image.id).where(Image.vector_shard_id.is_not(None))))
-            _check_faiss(db, state, image_ids, stored, report, deep)
+            index = _check_faiss(db, state, image_ids, report)
+            _check_vectors(db, session, state, report, deep, index)
+            del index
             _check_model(db, session, state, report, deep)
+            _check_votes(db, session, state, report, deep)
             if deep:
                 _check_image_files(session, report)
             writing = is_locked(layout.lock_path)

@@ -20,6 +20,7 @@ local features stay.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from glueloc.storage.layout import Published, publish_hdf5
 logger = logging.getLogger(__name__)
 
 SHARD_PREFIX = "shard-"
+#: Shard files a reader keeps open at once (a query verifies ~15 candidates; an audit or a
+#: rebuild reads shard after shard): far below the usual limit of 1024 open files.
+DEFAULT_MAX_OPEN = 64
 #: The dataset of an image group that holds its raw image embedding.
 EMBEDDING = "embedding"
 
@@ -103,22 +107,34 @@ def _damage_named(filename: str, name: str) -> Iterator[None]:
 
 
 class FeatureReader:
-    """Read-only access to registered shards, keeping each file open once.
+    """Read-only access to registered shards, keeping up to ``max_open`` files open.
 
     Shards are immutable, so an open handle never goes stale; the reader is an object
-    (not a module cache) so each query session owns and closes its handles.
+    (not a module cache) so each query session owns and closes its handles. The handles
+    are capped, least recently used closed first: one handle per 32-image shard would hit
+    the usual limit of 1024 open files near 32k images (h5py then reports a damaged shard).
     """
 
-    def __init__(self, features_dir: Path) -> None:
+    def __init__(self, features_dir: Path, max_open: int = DEFAULT_MAX_OPEN) -> None:
         self.features_dir = features_dir
-        self._open: dict[str, h5py.File] = {}
+        self.max_open = max(1, max_open)
+        self._open: OrderedDict[str, h5py.File] = OrderedDict()
 
     def _file(self, filename: str) -> h5py.File:
         handle = self._open.get(filename)
-        if handle is None:
-            handle = h5py.File(self.features_dir / filename, "r", locking=False)
-            self._open[filename] = handle
+        if handle is not None:
+            self._open.move_to_end(filename)
+            return handle
+        handle = h5py.File(self.features_dir / filename, "r", locking=False)
+        self._open[filename] = handle
+        while len(self._open) > self.max_open:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
         return handle
+
+    @property
+    def open_files(self) -> int:
+        return len(self._open)
 
     def features(self, filename: str, name: str) -> Features:
         with _damage_named(filename, name):

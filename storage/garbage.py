@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from glueloc.storage.database import Database
 from glueloc.storage.layout import Layout
-from glueloc.storage.models import Codebook, FeatureShard, IndexRun, RetrievalModel, StoreState, VectorShard
+from glueloc.storage.models import (Codebook, FeatureShard, IndexRun, RetrievalModel, StoreState, VectorShard,
+                                    VoteCodec, VoteSegment)
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,12 @@ def find_garbage(layout: Layout, session: Session) -> list[Path]:
     registered = set(session.scalars(select(FeatureShard.filename)))
     state = session.get(StoreState, 1)
     kept = (set(session.scalars(select(VectorShard.filename))) | set(session.scalars(select(Codebook.filename)))
-            | set(session.scalars(select(RetrievalModel.filename))))
+            | set(session.scalars(select(RetrievalModel.filename)))
+            | set(session.scalars(select(VoteSegment.filename))))
     if state is not None:
         kept |= {name for name in (state.faiss_file, state.model_faiss_file) if name}
+        if state.vote_codec_id is not None:  # older codecs' rows stay as history; their files go
+            kept |= set(session.scalars(select(VoteCodec.filename).where(VoteCodec.id == state.vote_codec_id)))
     garbage: list[Path] = []
     if layout.features_dir.is_dir():
         garbage += [p for p in layout.features_dir.iterdir() if p.name not in registered]

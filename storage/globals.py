@@ -96,3 +96,17 @@ def read_vectors(path: Path) -> tuple[str, dict[str, np.ndarray]]:
 
         handle.visititems(visit)
         return str(handle.attrs.get("codebook", "")), found
+
+
+def read_vector_shapes(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
+    """(codebook file name, {image name: vector shape}) of one vector shard, reading no vector:
+    what a plain audit needs, in memory that does not grow with the database."""
+    with h5py.File(path, "r", locking=False) as handle:
+        found: dict[str, tuple[int, ...]] = {}
+
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Group) and "global_descriptor" in obj:
+                found[name] = tuple(obj["global_descriptor"].shape)
+
+        handle.visititems(visit)
+        return str(handle.attrs.get("codebook", "")), found

@@ -13,7 +13,7 @@ from glueloc.core.errors import GluelocError
 from glueloc.storage.database import Database, calibration_retrieval
 from glueloc.storage.features import FeatureReader
 from glueloc.storage.models import (Calibration, Codebook, CoordinateChange, FeatureShard, Image, IndexRun,
-                                    RetrievalModel, StoreState, VectorShard)
+                                    RetrievalModel, StoreState, VectorShard, VoteCodec, VoteSegment)
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:
             "embedder": None if state is None or state.embedder is None else {
                 "name": state.embedder, "version": state.embedder_version, "config": state.embedder_config},
             "retrieval_model": None if state is None else _model_dict(session, state),
+            "vote_index": None if state is None else _votes_dict(session, state),
             "calibration": None if state is None else _calibration_dict(db, session, state.codebook_id, state.model_id),
             "calibrations_fitted": session.scalar(select(func.count()).select_from(Calibration)),
             "runs": [_run_dict(r) for r in runs],
@@ -101,9 +102,28 @@ def _model_dict(session: Session, state: StoreState) -> dict[str, Any] | None:
             "created_at": row.created_at.isoformat(timespec="seconds")}
 
 
+def _votes_dict(session: Session, state: StoreState) -> dict[str, Any] | None:
+    """The persisted descriptor-vote index: its codec (why this many cells) and its segments."""
+    row = session.get(VoteCodec, state.vote_codec_id) if state.vote_codec_id is not None else None
+    if row is None:
+        return None
+    segments, descriptors, size = session.execute(
+        select(func.count(VoteSegment.id), func.sum(VoteSegment.num_descriptors), func.sum(VoteSegment.size_bytes))
+        .where(VoteSegment.codec_id == row.id)).one()
+    return {"codec": {"id": row.id, "file": row.filename, "cells": row.cells, "code": row.config.get("code"),
+                      "trained_descriptors": row.trained_descriptors,
+                      "database_descriptors": row.database_descriptors, "seconds": row.seconds},
+            "segments": segments, "descriptors": int(descriptors or 0), "bytes": int(size or 0)}
+
+
 def _vector_shard(session: Session, shard_id: int | None) -> dict[str, Any] | None:
     row = session.get(VectorShard, shard_id) if shard_id is not None else None
     return None if row is None else {"file": row.filename, "codebook": row.codebook_id}
+
+
+def _vote_segment(session: Session, segment_id: int | None) -> str | None:
+    row = session.get(VoteSegment, segment_id) if segment_id is not None else None
+    return None if row is None else row.filename
 
 
 def image_record(db: Database, name: str) -> dict[str, Any]:
@@ -119,6 +139,7 @@ def image_record(db: Database, name: str) -> dict[str, Any]:
             "extractor": f"{image.extractor} v{image.extractor_version}", "num_keypoints": image.num_keypoints,
             "shard": shard.filename if shard else None, "run_id": image.run_id,
             "vector_shard": _vector_shard(session, image.vector_shard_id),
+            "vote_segment": _vote_segment(session, image.vote_segment_id),
             "created_at": image.created_at.isoformat(timespec="seconds"),
             "updated_at": image.updated_at.isoformat(timespec="seconds"),
             "coordinate_changes": [

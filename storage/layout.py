@@ -89,25 +89,35 @@ class Published:
     sha256: str
 
 
-def publish_hdf5(directory: Path, prefix: str, write: Callable[[h5py.File], None],
+def publish_file(directory: Path, prefix: str, suffix: str, write: Callable[[Path], None],
                  content_named: bool = False) -> Published:
-    """Write a new immutable HDF5 file via ``write`` and publish it atomically.
+    """Write a new immutable file via ``write(path)`` and publish it atomically.
 
     The file is built under a temporary name and renamed only once complete and synced,
     so no reader (and no crash) ever sees it half-written; on any failure the temporary
     file is removed. ``content_named``: the final name is the prefix and the first 32 hex
-    digits of the file's sha256 (a model, whose name then says what it is), otherwise a
-    fresh uuid (a shard: two batches may well hold equal bytes).
+    digits of the file's sha256 (a model or an index segment, whose name then says what it
+    is), otherwise a fresh uuid (a shard: two batches may well hold equal bytes).
     """
     token = uuid.uuid4().hex
-    temp = directory / f"{TEMP_PREFIX}{prefix}{token}.h5"
+    temp = directory / f"{TEMP_PREFIX}{prefix}{token}{suffix}"
     try:
-        with h5py.File(temp, "w", libver="latest") as handle:
-            write(handle)
+        write(temp)
         digest = sha256_file(temp)
-        final = directory / f"{prefix}{digest[:32] if content_named else token}.h5"
+        final = directory / f"{prefix}{digest[:32] if content_named else token}{suffix}"
         atomic_publish(temp, final)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     return Published(filename=final.name, sha256=digest)
+
+
+def publish_hdf5(directory: Path, prefix: str, write: Callable[[h5py.File], None],
+                 content_named: bool = False) -> Published:
+    """:func:`publish_file` of an HDF5 file that ``write`` fills through an open handle."""
+
+    def to_path(path: Path) -> None:
+        with h5py.File(path, "w", libver="latest") as handle:
+            write(handle)
+
+    return publish_file(directory, prefix, ".h5", to_path, content_named)

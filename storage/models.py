@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -79,6 +79,10 @@ class Image(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(Text)  # path relative to the images folder, '/'-separated
     sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # The file's size and mtime when it was hashed: a re-run that finds both unchanged
+    # skips re-hashing it (NULL: indexed before schema 0005, hashed next time).
+    file_size: Mapped[int | None] = mapped_column(BigInteger)
+    file_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     width: Mapped[int]
     height: Mapped[int]
     x: Mapped[float] = mapped_column(Float)
@@ -91,6 +95,9 @@ class Image(Base):
     # The global vector of the current codebook; NULL only in a database migrated from
     # revision 0001 until `glueloc reindex --retrain` has run.
     vector_shard_id: Mapped[int | None] = mapped_column(ForeignKey("vector_shards.id"), index=True)
+    # The segment of the descriptor-vote index holding its descriptors (storage.vote_segments); NULL
+    # until the database has a vote codec (before its first codebook, or migrated from 0004).
+    vote_segment_id: Mapped[int | None] = mapped_column(ForeignKey("vote_segments.id"), index=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -131,6 +138,47 @@ class VectorShard(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     codebook_id: Mapped[int] = mapped_column(ForeignKey("codebooks.id"), index=True)
     num_images: Mapped[int]
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class VoteCodec(Base):
+    """How the descriptor-vote index encodes descriptors: its coarse cells and compressed code.
+
+    Trained on a sample of the stored local descriptors (not tied to the VLAD codebook,
+    so a retrained codebook leaves the vote index as it is); the row says
+    how many cells it has and how many descriptors the database held then, so an auditor
+    sees why, and the next writer knows when the database has outgrown it (storage.vote_segments).
+    """
+
+    __tablename__ = "vote_codecs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    filename: Mapped[str] = mapped_column(String(128), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict] = mapped_column(JSON)  # storage.vote_segments options it was trained with
+    cells: Mapped[int]
+    trained_descriptors: Mapped[int]  # the sample it was trained on
+    database_descriptors: Mapped[int]  # descriptors in the database when it was trained
+    seconds: Mapped[float] = mapped_column(Float)
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class VoteSegment(Base):
+    """One immutable file of encoded descriptors of some images, made with one vote codec."""
+
+    __tablename__ = "vote_segments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    filename: Mapped[str] = mapped_column(String(128), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    codec_id: Mapped[int] = mapped_column(ForeignKey("vote_codecs.id"), index=True)
+    num_images: Mapped[int]
+    num_descriptors: Mapped[int]
+    # Checked before the file is memory-mapped: reading past the end of a truncated
+    # mapped file would kill the process (SIGBUS) instead of raising an error.
+    size_bytes: Mapped[int]
     run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -236,4 +284,5 @@ class StoreState(Base):
     model_id: Mapped[int | None] = mapped_column(ForeignKey("retrieval_models.id"))  # None until learned
     model_faiss_file: Mapped[str | None] = mapped_column(String(128))  # FAISS of the model's vectors
     model_faiss_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    vote_codec_id: Mapped[int | None] = mapped_column(ForeignKey("vote_codecs.id"))  # None: no persisted vote index
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -231,3 +231,34 @@ def test_database_from_revision_0001_is_completed_by_the_next_run(workdir: Path,
     summary = run_index(indexed, workdir / "labels.csv", workdir / "images")
     assert summary.skipped == 24 and summary.codebook_trained == 2
     assert audit(Layout.at(indexed), deep=True).clean
+
+
+def test_a_rerun_trusts_unchanged_size_and_mtime_and_rehash_reads_again(workdir: Path, indexed: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from glueloc.indexer import pipeline as pipeline_module
+
+    hashed: list[Path] = []
+    real = pipeline_module.sha256_file
+    monkeypatch.setattr(pipeline_module, "sha256_file", lambda path: hashed.append(path) or real(path))
+    assert run_index(indexed, workdir / "labels.csv", workdir / "images").skipped == 24
+    assert hashed == []  # every file's size and mtime are those recorded: none is read
+    # Same size and mtime, other bytes (what the fast path cannot see): only --rehash finds it.
+    header, first, *_ = rows_of(workdir / "labels.csv")
+    victim = workdir / "images" / first[0]
+    status = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert run_index(indexed, workdir / "labels.csv", workdir / "images").rejected == 0
+    summary = run_index(indexed, workdir / "labels.csv", workdir / "images", rehash=True)
+    assert summary.rejected == 1 and "content changed" in summary.rejections[0][1] and len(hashed) == 24
+    # A file touched but unchanged is hashed once, then trusted again.
+    hashed.clear()
+    second = workdir / "images" / rows_of(workdir / "labels.csv")[2][0]
+    os.utime(second)
+    run_index(indexed, workdir / "labels.csv", workdir / "images")
+    run_index(indexed, workdir / "labels.csv", workdir / "images")
+    assert hashed == [second]

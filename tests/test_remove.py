@@ -247,8 +247,9 @@ def test_crash_after_the_commit_leaves_a_complete_removal(indexed: Path, monkeyp
     assert names(indexed).isdisjoint(FIRST_SHARD) and len(names(indexed)) == 19
     assert table(indexed, "select command, outcome from index_runs order by id desc limit 1") == [("remove", "completed")]
     report = audit(Layout.at(indexed), deep=True)
-    assert report.clean and [f.code for f in report.findings] == ["leftover-files"]  # old FAISS, first shard
-    assert "2 unreferenced file(s)" in report.findings[0].message
+    # Left: the old FAISS file, the first shard and the vote segment that held its images.
+    assert report.clean and [f.code for f in report.findings] == ["leftover-files"]
+    assert "3 unreferenced file(s)" in report.findings[0].message
     monkeypatch.undo()
     remove(indexed, "place002_0.jpg")  # the next writer deletes them
     assert_spotless(indexed, 18)

@@ -12,7 +12,7 @@ from glueloc.vision.images import load_image
 from glueloc.synthetic import SyntheticDataset
 from glueloc.query.localizer import Localizer, QueryOptions
 from glueloc.query.retrieval import interleave
-from glueloc.query.votes import DescriptorVotes, ranked, votes_conf
+from glueloc.query.votes import DescriptorVotes, add, in_memory, ranked, votes_conf
 from glueloc.storage.layout import Layout
 
 
@@ -25,10 +25,9 @@ def library() -> tuple[DescriptorVotes, dict[int, np.ndarray]]:
     """Five 'images' of 40 random unit descriptors each, in a 16-cell inverted file."""
     rng = np.random.default_rng(0)
     images = {image_id: unit(rng.normal(size=(40, 32))) for image_id in (3, 5, 8, 13, 21)}
-    votes = DescriptorVotes(rng.normal(size=(16, 32)), {"neighbours": 2, "probes": 16})
-    for image_id, descriptors in images.items():
-        votes.add(image_id, descriptors)
-    return votes, images
+    part = in_memory(None, rng.normal(size=(16, 32)))
+    add(part, list(images.items()))
+    return DescriptorVotes([part], {"neighbours": 2, "probes": 16}), images
 
 
 def test_the_image_sharing_descriptors_gets_the_votes(library) -> None:
@@ -52,15 +51,32 @@ def test_excluded_images_never_vote(library) -> None:
 
 def test_featureless_images_and_queries(library) -> None:
     votes, images = library
-    votes.add(34, np.zeros((0, 32), np.float32))
-    assert votes.images == 6 and 34 not in votes.count(images[5])
+    add(votes.parts[0], [(34, np.zeros((0, 32), np.float32))])
+    assert votes.descriptors == 200 and 34 not in votes.count(images[5])
     assert votes.count(np.zeros((0, 32), np.float32)) == {}
-    with pytest.raises(ValueError, match="64 dimensions for a 32-d codebook"):
-        votes.add(55, np.ones((3, 64), np.float32))
+    with pytest.raises(ValueError, match="64 dimensions for a 32-d vote index"):
+        add(votes.parts[0], [(55, np.ones((3, 64), np.float32))])
+    with pytest.raises(ValueError, match="64 dimensions for a 32-d vote index"):
+        votes.count(np.ones((3, 64), np.float32))
+
+
+def test_votes_split_over_parts_equal_one_part(library) -> None:
+    """The best neighbours over several segments are the best over their union: how a query
+    reads a database whose descriptors lie in many segments."""
+    votes, images = library
+    rng = np.random.default_rng(2)
+    centroids = rng.normal(size=(16, 32))
+    whole, first, second = in_memory(None, centroids), in_memory(None, centroids), in_memory(None, centroids)
+    add(whole, list(images.items()))
+    add(first, [(i, images[i]) for i in (3, 8)])
+    add(second, [(i, images[i]) for i in (5, 13, 21)])
+    conf = {"neighbours": 3, "probes": 4}
+    query = unit(np.concatenate([images[8][:20], images[13][:10]]) + 0.05 * rng.normal(size=(30, 32)))
+    assert DescriptorVotes([first, second], conf).count(query) == DescriptorVotes([whole], conf).count(query)
 
 
 def test_configuration_fails_loudly() -> None:
-    assert votes_conf() == {"neighbours": 10, "probes": 4}
+    assert votes_conf() == {"neighbours": 10, "probes": 8}
     with pytest.raises(ValueError, match="unknown descriptor-vote option"):
         votes_conf({"neighbors": 5})
     with pytest.raises(ValueError, match="neighbours >= 1"):
@@ -84,7 +100,10 @@ def test_localizer_shortlists_by_each_retrieval(indexed: Path, scene: SyntheticD
             shortlists[retrieval] = localizer.shortlist(features)
             location = localizer.locate(query)
             if localizer.votes is not None:
-                assert localizer.votes.images == len(localizer.images)
+                # Every descriptor of the snapshot's images, from the persisted segments alone.
+                assert localizer.votes.descriptors == sum(len(localizer.reader.descriptors(i.shard, i.name))
+                                                          for i in localizer.images.values())
+                assert all(image.vote_segment is not None for image in localizer.images.values())
                 counts = localizer.votes.count(features.descriptors)
                 # Every candidate carries its true similarity and its votes, whichever list it came from.
                 vector = localizer.codebook.aggregate(features.descriptors)

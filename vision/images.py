@@ -37,6 +37,11 @@ class DecodedImage:
     sha256: str
     width: int
     height: int
+    # The file's size and mtime, read *before* its bytes: a later run that finds both
+    # unchanged trusts the hash without re-reading (a change after this stat makes the
+    # next stat differ, so the fast path can only be too careful, never wrong).
+    file_size: int = 0
+    file_mtime_ns: int = 0
 
 
 def sha256_file(path: Path) -> str:
@@ -74,7 +79,8 @@ def load_image(
     decodable image of acceptable size; never returns a partially decoded image.
     """
     try:
-        size = path.stat().st_size
+        status = path.stat()
+        size = status.st_size
     except FileNotFoundError:
         raise BadImageError(path.name, "file not found") from None
     except OSError as exc:
@@ -117,4 +123,5 @@ def load_image(
         raise BadImageError(path.name, f"corrupt or truncated image ({exc})") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 8:
         raise BadImageError(path.name, f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to match")
-    return DecodedImage(rgb=np.ascontiguousarray(rgb), sha256=sha, width=rgb.shape[1], height=rgb.shape[0])
+    return DecodedImage(rgb=np.ascontiguousarray(rgb), sha256=sha, width=rgb.shape[1], height=rgb.shape[0],
+                        file_size=size, file_mtime_ns=status.st_mtime_ns)

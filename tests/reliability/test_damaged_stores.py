@@ -64,6 +64,25 @@ def _shuffled_faiss(db: Path) -> None:
     faiss.write_index(wrong.index, str(current_faiss(db)))
 
 
+def vote_segment(db: Path) -> Path:
+    with sqlite3.connect(db / "glueloc.sqlite") as connection:
+        return db / "vectors" / connection.execute("select filename from vote_segments order by id").fetchone()[0]
+
+
+def vote_codec(db: Path) -> Path:
+    with sqlite3.connect(db / "glueloc.sqlite") as connection:
+        return db / "vectors" / connection.execute(
+            "select filename from vote_codecs where id = (select vote_codec_id from store_state)").fetchone()[0]
+
+
+def _flip_last_byte(which: Callable[[Path], Path]) -> Callable[[Path], None]:
+    def apply(db: Path) -> None:
+        data = bytearray(which(db).read_bytes())
+        data[-1] ^= 1
+        which(db).write_bytes(bytes(data))
+    return apply
+
+
 def _sql(statement: str) -> Callable[[Path], None]:
     def apply(db: Path) -> None:
         with sqlite3.connect(db / "glueloc.sqlite") as connection:
@@ -111,7 +130,7 @@ DAMAGES = [
     Damage("FAISS file deleted", lambda db: current_faiss(db).unlink(), {"faiss-missing"}, False, True),
     Damage("FAISS file garbage", lambda db: current_faiss(db).write_bytes(b"not faiss"), {"faiss-unreadable"}, False, True),
     Damage("FAISS file truncated", lambda db: _truncate(current_faiss(db), 100), {"faiss-unreadable"}, False, True),
-    Damage("FAISS file stale (one image behind)", _stale_faiss, {"faiss-count", "faiss-incomplete"}, False, True),
+    Damage("FAISS file stale (one image behind)", _stale_faiss, {"faiss-count"}, False, True),
     Damage("FAISS vectors swapped between images", _shuffled_faiss, {"faiss-stale"}, True, True),
     Damage("vector shard deleted", lambda db: vector_shard(db).unlink(), {"vectors-shard-missing"}, False, True),
     Damage("codebook file deleted", lambda db: codebook_file(db).unlink(), {"codebook-missing", "codebook-unreadable"},
@@ -119,6 +138,13 @@ DAMAGES = [
     Damage("SQLite row without features", _sql("update images set name = 'ghost.jpg' where id = 1"),
            {"features-missing", "features-orphan"}, False, False),
     Damage("leftover files of a killed run", _leftovers, set(), False, True),
+    Damage("vote segment deleted", lambda db: vote_segment(db).unlink(), {"vote-segment-missing"}, False, True),
+    Damage("vote segment truncated", lambda db: _truncate(vote_segment(db), 5000), {"vote-segment-truncated"}, False,
+           True),
+    Damage("vote segment edited in place", _flip_last_byte(vote_segment), {"vote-segment-changed"}, True, True),
+    Damage("vote segment stale (of another codec)", _sql("update vote_segments set codec_id = 99"),
+           {"vote-segment-stale"}, False, True),
+    Damage("vote codec deleted", lambda db: vote_codec(db).unlink(), {"vote-codec-missing"}, False, True),
 ]
 
 
