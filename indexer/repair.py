@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
+
 from glueloc.core.version import __version__
 from glueloc.indexer import vote_index
 from glueloc.indexer.refeature import rebuild_damaged_shards
@@ -19,7 +21,7 @@ from glueloc.storage.database import Database, open_database
 from glueloc.storage.garbage import collect_garbage
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import WriterLock
-from glueloc.storage.models import IndexRun, utcnow
+from glueloc.storage.models import FeatureShard, Image, IndexRun, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +67,12 @@ def repair(layout: Layout) -> list[str]:
                 session.add(run)
             codes = {f.code for f in before.errors}
             rebuilt_features = False
+            rebuilt: list[str] = []  # the new shards' files
             if codes & FEATURE_CODES:
                 for fixed in rebuild_damaged_shards(db, run.id):
                     if fixed.rebuilt_as:
                         rebuilt_features = True
+                        rebuilt.append(fixed.rebuilt_as)
                         actions.append(f"re-extracted the features of {fixed.images} image(s) of shard {fixed.shard} "
                                        f"({fixed.reason}) from their files into {fixed.rebuilt_as}")
                     else:
@@ -94,6 +98,8 @@ def repair(layout: Layout) -> list[str]:
                 actions.append(f"rebuilt {result.images} global vectors and the FAISS index from the local features"
                                + (f" (codebook retrained as {result.codebook_id})" if retrain else ""))
             if features_ok:
+                if rebuilt_features:
+                    actions += _reencode_rebuilt(db, run.id, rebuilt)
                 actions += _repair_votes(db, run.id, before)
             for finding in remaining:
                 actions.append(f"not derivable, left as is: {finding.message}")
@@ -125,3 +131,17 @@ def _repair_votes(db: Database, run_id: int, before: AuditReport) -> list[str]:
         if result is not None:
             return [f"built the descriptor-vote index: vote codec {result.codec_id}, {result.encoded} image(s)"]
     return []
+
+
+def _reencode_rebuilt(db: Database, run_id: int, shards: list[str]) -> list[str]:
+    """The images of re-extracted shards get their descriptors encoded again: their vote
+    codes were made from the features the damaged shard held."""
+    with db.session() as session, session.begin():
+        ids = list(session.scalars(select(Image.id).join(FeatureShard, Image.shard_id == FeatureShard.id)
+                                   .where(FeatureShard.filename.in_(shards))))
+        _, dropped = vote_index.rewrite_without(db, session, ids)
+    for name in dropped:
+        (db.layout.vectors_dir / name).unlink(missing_ok=True)
+    result = vote_index.ensure(db, run_id) if dropped else None
+    return [] if result is None else [f"re-encoded the descriptors of {result.encoded} image(s) of re-extracted shards "
+                                      "into new vote segments"]

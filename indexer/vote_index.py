@@ -104,9 +104,10 @@ def ensure(db: Database, run_id: int, conf: dict[str, Any] | None = None) -> Vot
         total = int(session.scalar(select(func.sum(Image.num_keypoints))) or 0)
         current = session.get(VoteCodec, state.vote_codec_id) if state.vote_codec_id is not None else None
         waiting = session.scalar(select(func.count()).select_from(Image).where(Image.vote_segment_id.is_(None))) or 0
+    if total == 0:  # featureless photos only (blank walls): nothing to vote with yet
+        return None
     if current is None or outgrown(current.cells, current.database_descriptors, total, current.config):
-        result = rebuild(db, run_id, conf if current is None else {**current.config, **(conf or {})})
-        return result
+        return rebuild(db, run_id, conf if current is None else {**current.config, **(conf or {})})
     if waiting:
         with db.session() as session:
             codec = load_codec(db, session)

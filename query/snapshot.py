@@ -2,7 +2,7 @@
 
 A query running beside an index run must answer only from images committed before it
 began. So the store state, the image rows, the calibration and the FAISS files that the
-state names (the global vectors', and the retrieval model's) and the descriptor-vote
+state names (read in one real read transaction, ``Database.read_snapshot``) (the global vectors', and the retrieval model's) and the descriptor-vote
 segments it names are read and opened in one transaction; a writer that replaced a file
 between the read and the open makes us read again. (Segment files are memory-mapped: one a
 writer deletes later stays readable through the mapping.) Every later step of the query path works
@@ -92,7 +92,7 @@ class Snapshot:
 def open_snapshot(db: Database, retrieval: str, attempts: int = 3) -> Snapshot:
     """Read the snapshot; ``retrieval`` selects the calibration fitted on that kind of shortlist."""
     for _ in range(attempts):
-        with db.session() as session, session.begin():
+        with db.read_snapshot() as session:
             state = db.state(session)
             if state is None or state.faiss_file is None:
                 raise DatabaseError(f"database {db.layout.root} holds no indexed images")

@@ -473,7 +473,7 @@ def audit(layout: Layout, deep: bool = False) -> AuditReport:
     db = open_database(layout)
     report = AuditReport()
     try:
-        with db.session() as session:
+        with db.read_snapshot() as session:  # one committed state, even beside a writer
             state = db.state(session)
             report.images = session.scalar(select(func.count()).select_from(Image)) or 0
             if state is None and report.images:

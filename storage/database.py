@@ -128,6 +128,30 @@ class Database:
         with self.sessions() as session:
             yield session
 
+    @contextmanager
+    def read_snapshot(self) -> Iterator[Session]:
+        """A session every read of which sees the same committed state, whatever a writer commits.
+
+        Why: Python's sqlite3 driver begins a transaction only before a write, so the reads
+        of a plain session each see the newest commit — a query could take the FAISS file
+        of one batch and the image rows of the next. Here SQLite gets an explicit BEGIN (a
+        WAL read snapshot from the first read on; writers are not blocked); another server
+        a REPEATABLE READ transaction. Meant for reads: it ends with a commit (which keeps
+        the loaded rows usable; a rollback would expire them).
+        """
+        with self.sessions() as session:
+            connection = session.connection()
+            if self.engine.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN")
+            else:
+                connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            try:
+                yield session
+            except BaseException:
+                session.rollback()
+                raise
+            session.commit()
+
     def state(self, session: Session) -> StoreState | None:
         return session.scalars(select(StoreState).where(StoreState.id == 1)).one_or_none()
 

@@ -228,3 +228,13 @@ def test_inspect_shows_the_vote_index(indexed: Path) -> None:
     assert votes["segments"] == len(segments(indexed))
     assert votes["descriptors"] == table(indexed, "select sum(num_keypoints) from images")[0][0]
     assert record["vote_segment"] in {name for name, _, _ in segments(indexed)}
+
+
+def test_a_re_extracted_shard_has_its_descriptors_encoded_again(indexed: Path) -> None:
+    shard = table(indexed, "select filename from feature_shards order by id limit 1")[0][0]
+    path = indexed / "features" / shard
+    path.write_bytes(path.read_bytes()[:300])
+    actions = repair(Layout.at(indexed))
+    assert any("re-extracted" in action and "vote segments" in action for action in actions), actions
+    assert audit(Layout.at(indexed), deep=True).clean
+    assert table(indexed, "select count(*) from images where vote_segment_id is null") == [(0,)]
