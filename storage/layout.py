@@ -12,6 +12,7 @@ configured), immutable HDF5 feature shards, FAISS files, and the writer lock::
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Callable
@@ -114,10 +115,17 @@ def publish_file(directory: Path, prefix: str, suffix: str, write: Callable[[Pat
 
 def publish_hdf5(directory: Path, prefix: str, write: Callable[[h5py.File], None],
                  content_named: bool = False) -> Published:
-    """:func:`publish_file` of an HDF5 file that ``write`` fills through an open handle."""
+    """:func:`publish_file` of an HDF5 file that ``write`` fills through an open handle (in memory:
+    a shard is a few MB)."""
 
     def to_path(path: Path) -> None:
-        with h5py.File(path, "w", libver="latest") as handle:
+        # Built in memory, then written with plain file I/O: a disk that fills up then fails
+        # this one write() with ENOSPC. Let HDF5 write the file itself and a full disk can
+        # fail inside the library's close, which has crashed the process (SIGSEGV).
+        buffer = io.BytesIO()
+        with h5py.File(buffer, "w", libver="latest") as handle:
             write(handle)
+        with open(path, "wb") as out:
+            out.write(buffer.getbuffer())
 
     return publish_file(directory, prefix, ".h5", to_path, content_named)
