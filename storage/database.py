@@ -136,8 +136,7 @@ class Database:
         of a plain session each see the newest commit — a query could take the FAISS file
         of one batch and the image rows of the next. Here SQLite gets an explicit BEGIN (a
         WAL read snapshot from the first read on; writers are not blocked); another server
-        a REPEATABLE READ transaction. Meant for reads: it ends with a commit (which keeps
-        the loaded rows usable; a rollback would expire them).
+        a REPEATABLE READ transaction. Meant for reads: it is rolled back at the end.
         """
         with self.sessions() as session:
             connection = session.connection()
@@ -147,10 +146,11 @@ class Database:
                 connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             try:
                 yield session
-            except BaseException:
+            finally:
+                # Read-only, so it ends with a rollback; the rows read are detached first so the
+                # rollback does not expire them (their loaded values stay usable).
+                session.expunge_all()
                 session.rollback()
-                raise
-            session.commit()
 
     def state(self, session: Session) -> StoreState | None:
         return session.scalars(select(StoreState).where(StoreState.id == 1)).one_or_none()
