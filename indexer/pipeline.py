@@ -64,7 +64,7 @@ from glueloc.storage.garbage import collect_garbage
 from glueloc.storage.globals import read_codebook, read_model, write_vectors
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import WriterLock
-from glueloc.storage.pending import add_missing_projections, add_missing_vectors
+from glueloc.storage.pending import add_missing_projections, add_missing_vectors, vector_rows
 from glueloc.storage.models import (Codebook, CoordinateChange, FeatureShard, Image, IndexRun, Rejection, RetrievalModel,
                                     StoreState, VectorShard, VoteCodec, utcnow)
 from glueloc.vision.projection import Projection
@@ -384,8 +384,7 @@ class IndexRunner:
         index = (VectorIndex.empty(state.global_dim) if state.faiss_file is None
                  else self._load_index(state.faiss_file, state.faiss_count))
         with db.session() as session:
-            rows = session.execute(select(Image.id, Image.name, VectorShard.filename)
-                                   .join(VectorShard, Image.vector_shard_id == VectorShard.id)).all()
+            rows = vector_rows(session)
         return add_missing_vectors(self.layout.vectors_dir, index, rows, self.options.exact_limit)[0]
 
     def _load_index(self, filename: str | None, count: int) -> VectorIndex:
@@ -487,7 +486,8 @@ class IndexRunner:
                 # Keyed by the ids the flush just gave the rows, published before the commit names it.
                 segment = vote_index.batch_segment(db, votes[1], [(image.id, item.entry.features.descriptors)
                                                                   for image, item in zip(images, batch)])
-                vote_index.register_segment(session, db.layout.vectors_dir, votes[0].id, run.id, segment, [image.id for image in images])
+                vote_index.register_segment(session, db.layout.vectors_dir, votes[0].id, run.id, segment,
+                                            [image.id for image in images])
             if vectors is not None:
                 vectors = vectors.add(np.array([image.id for image in images]),
                                       np.stack([globals_[image.name] for image in images]), self.options.exact_limit)

@@ -76,7 +76,11 @@ def load_codec(db: Database, session: Session) -> tuple[VoteCodec, faiss.IndexIV
 def batch_segment(db: Database, codec: faiss.IndexIVF,
                   images: Sequence[tuple[int, np.ndarray]]) -> tuple[str, str, int]:
     """Encode one batch's descriptors into a new published segment: (file, sha256, descriptors)."""
-    segment = encode(codec, images)
+    return _publish(db, encode(codec, images))
+
+
+def _publish(db: Database, segment: faiss.IndexIVF) -> tuple[str, str, int]:
+    """Write a segment to its content-named file: (file, sha256, descriptors)."""
     published = write_index(db.layout.vectors_dir, SEGMENT_PREFIX, segment)
     return published.filename, published.sha256, int(segment.ntotal)
 
@@ -185,21 +189,19 @@ def compact(db: Database, run_id: int) -> int:
             codec = load_codec(db, session)
             assert codec is not None
         names = [row.filename for row in group]
-        merged = merge_segments(codec[1], [db.layout.vectors_dir / name for name in names])
-        published = write_index(db.layout.vectors_dir, SEGMENT_PREFIX, merged)
+        published = _publish(db, merge_segments(codec[1], [db.layout.vectors_dir / name for name in names]))
         try:
             with db.session() as session, session.begin():
                 ids = list(session.scalars(select(Image.id).where(Image.vote_segment_id.in_([r.id for r in group]))))
-                register_segment(session, db.layout.vectors_dir, codec[0].id, run_id, (published.filename, published.sha256,
-                                                                int(merged.ntotal)), ids)
+                register_segment(session, db.layout.vectors_dir, codec[0].id, run_id, published, ids)
                 session.flush()
                 session.execute(delete(VoteSegment).where(VoteSegment.id.in_([r.id for r in group])))
         except BaseException:
-            (db.layout.vectors_dir / published.filename).unlink(missing_ok=True)
+            (db.layout.vectors_dir / published[0]).unlink(missing_ok=True)
             raise
         _unlink(db, names)
         merges += 1
-        logger.debug("merged %d vote segments (%d descriptors)", len(group), merged.ntotal)
+        logger.debug("merged %d vote segments (%d descriptors)", len(group), published[2])
 
 
 def rewrite_without(db: Database, session: Session, image_ids: Sequence[int]) -> tuple[list[str], list[str]]:
@@ -223,10 +225,9 @@ def rewrite_without(db: Database, session: Session, image_ids: Sequence[int]) ->
         session.delete(segment)
         session.flush()
         if kept:
-            published = write_index(db.layout.vectors_dir, SEGMENT_PREFIX, merged)
-            added.append(published.filename)
-            register_segment(session, db.layout.vectors_dir, codec[0].id, segment.run_id, (published.filename, published.sha256,
-                                                                    int(merged.ntotal)), kept)
+            published = _publish(db, merged)
+            added.append(published[0])
+            register_segment(session, db.layout.vectors_dir, codec[0].id, segment.run_id, published, kept)
     return added, dropped
 
 

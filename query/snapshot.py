@@ -22,8 +22,8 @@ from glueloc.core.errors import DatabaseError
 from glueloc.storage.database import Database
 from glueloc.storage.globals import read_codebook, read_model
 from glueloc.storage.models import (Calibration, Codebook, FeatureShard, Image, IndexRun, RetrievalModel, StoreState,
-                                    VectorShard, VoteCodec, VoteSegment)
-from glueloc.storage.pending import add_missing_projections, add_missing_vectors
+                                    VoteCodec, VoteSegment)
+from glueloc.storage.pending import add_missing_projections, add_missing_vectors, vector_rows
 from glueloc.storage.vote_segments import open_segment, read_codec
 from glueloc.storage.vectors import VectorIndex
 from glueloc.vision.projection import Projection
@@ -105,8 +105,7 @@ def open_snapshot(db: Database, retrieval: str, attempts: int = 3) -> Snapshot:
                        Image.vote_segment_id)
                 .join(FeatureShard, Image.shard_id == FeatureShard.id).join(IndexRun, Image.run_id == IndexRun.id)
             ).all()
-            vector_rows = session.execute(select(Image.id, Image.name, VectorShard.filename)
-                                          .join(VectorShard, Image.vector_shard_id == VectorShard.id)).all()
+            with_vectors = vector_rows(session)
             segments = list(session.execute(select(VoteSegment.id, VoteSegment.filename, VoteSegment.size_bytes).where(
                 VoteSegment.codec_id == state.vote_codec_id)).all()) if state.vote_codec_id is not None else []
             codec_row = session.get(VoteCodec, state.vote_codec_id) if state.vote_codec_id is not None else None
@@ -123,7 +122,7 @@ def open_snapshot(db: Database, retrieval: str, attempts: int = 3) -> Snapshot:
             raise DatabaseError(f"FAISS file {state.faiss_file} holds {index.count} vectors, the catalogue records "
                                 f"{state.faiss_count}: run `glueloc audit --repair`")
         # Vectors committed since the FAISS file was last merged come from their shards (storage.pending).
-        index, added = add_missing_vectors(db.layout.vectors_dir, index, vector_rows)
+        index, added = add_missing_vectors(db.layout.vectors_dir, index, with_vectors)
         if index.count != len(images):
             raise DatabaseError(f"FAISS holds {index.count} vectors for {len(images)} images: run `glueloc audit`")
         if added:

@@ -34,6 +34,7 @@ import numpy as np
 
 from glueloc.vision.vlad import unit_rows
 from glueloc.storage.features import FeatureReader
+from glueloc.storage.vote_segments import add_descriptors
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,9 @@ class DescriptorVotes:
             for image_id, shard, name in waiting:
                 pending.append((image_id, reader.descriptors(shard, name)))
                 if len(pending) == ADD_BATCH:
-                    add(memory, pending)
+                    add_descriptors(memory, pending)
                     pending = []
-            add(memory, pending)
+            add_descriptors(memory, pending)
             parts.append(memory)
             logger.info("descriptor votes: %d image(s) no vote segment holds indexed in memory in %.1f s "
                         "(the next `glueloc index` or `audit --repair` persists them)", len(waiting),
@@ -146,19 +147,6 @@ def in_memory(codec: faiss.IndexIVF | None, centroids: np.ndarray) -> faiss.Inde
     quantizer.this.disown()
     index.is_trained = True  # the codebook's centres are the (already trained) cells
     return index
-
-
-def add(index: faiss.IndexIVF, images: list[tuple[int, np.ndarray]]) -> None:
-    """Index the descriptors of several images in one FAISS call (one call per image is slower)."""
-    for _, descriptors in images:
-        if len(descriptors) and descriptors.shape[1] != index.d:
-            raise ValueError(f"descriptors of {descriptors.shape[1]} dimensions for a {index.d}-d vote index")
-    # A featureless image is still indexed: it adds no descriptor and simply never gets a vote.
-    described = [(image_id, d) for image_id, d in images if len(d)]
-    if described:
-        vectors = _unit(np.concatenate([d for _, d in described]))
-        ids = np.concatenate([np.full(len(d), image_id, dtype=np.int64) for image_id, d in described])
-        index.add_with_ids(vectors, ids)
 
 
 def ranked(counts: Mapping[int, int]) -> list[int]:

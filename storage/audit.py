@@ -248,8 +248,11 @@ def _check_vectors(db: Database, session: Session, state: StoreState | None, rep
         if deep and sha256_file(path) != shard.sha256:
             report.error("vectors-shard-changed", f"vector shard {shard.filename} no longer matches its sha256")
         try:
-            made_by, shapes = read_vector_shapes(path)
-            stored = read_vectors(path)[1] if deep else {}
+            if deep:  # the vectors themselves, compared with FAISS below
+                made_by, stored = read_vectors(path)
+                shapes = {name: vector.shape for name, vector in stored.items()}
+            else:
+                (made_by, shapes), stored = read_vector_shapes(path), {}
         except (OSError, KeyError) as exc:
             report.error("vectors-shard-unreadable", f"vector shard {shard.filename} is unreadable ({exc})")
             continue

@@ -22,14 +22,24 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from glueloc.core.errors import DatabaseError
 from glueloc.storage.features import FeatureReader
 from glueloc.storage.globals import read_vectors
+from glueloc.storage.models import Image, VectorShard
 from glueloc.storage.vectors import DEFAULT_EXACT_LIMIT, VectorIndex
 from glueloc.vision.projection import Projection
 
 logger = logging.getLogger(__name__)
+
+
+def vector_rows(session: Session) -> list[tuple[int, str, str]]:
+    """(image id, name, vector shard file) of every image with a global vector: what the
+    VLAD FAISS index should hold (the rows :func:`add_missing_vectors` takes)."""
+    return [tuple(row) for row in session.execute(  # type: ignore[misc]
+        select(Image.id, Image.name, VectorShard.filename).join(VectorShard, Image.vector_shard_id == VectorShard.id))]
 
 
 def missing(index: VectorIndex, rows: Iterable[tuple[int, str, str]]) -> list[tuple[int, str, str]]:

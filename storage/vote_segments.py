@@ -11,7 +11,8 @@ What is stored:
 * the **codec** (``votecodec-<sha256>.index``): an empty, trained FAISS inverted file —
   its coarse cells (k-means of a sample of the stored descriptors; their number grows
   with the database, :func:`cells_for`) and its compressed code (an 8-bit scalar
-  quantizer trained on the same sample, half the bytes of float16). One per codebook;
+  quantizer trained on the same sample, half the bytes of float16). Learned from the
+  descriptors alone, so a retrained VLAD codebook leaves it as it is;
 * **segments** (``votes-<sha256>.index``): the codec plus the encoded descriptors of
   some images, keyed by image id. A segment is immutable; new images go into new
   segments, and small segments are merged into larger ones (:func:`merge_segments`), so
@@ -47,7 +48,7 @@ SUFFIX = ".index"
 #: query probes a number of descriptors that does not grow with the database (cells are
 #: a power of two between ``min_cells`` and ``max_cells``). ``code``: "sq8" (64 bytes per
 #: 64-d descriptor) or "fp16". The choice was measured on held-out Getty database places
-#: (docs/SCALE.md, ``bench/vote_codecs.py``).
+#: (docs/RETRIEVAL.md, ``bench/vote_codecs.py``).
 DEFAULT_CONF: dict[str, Any] = {
     "code": "sq8",
     "per_cell": 1024,
@@ -119,12 +120,21 @@ def train_codec(sample: np.ndarray, cells: int, conf: Mapping[str, Any]) -> fais
 def encode(codec: faiss.IndexIVF, images: Sequence[tuple[int, np.ndarray]]) -> faiss.IndexIVF:
     """A new segment: a copy of ``codec`` holding the descriptors of ``images`` (id, (N, D))."""
     segment = faiss.clone_index(codec)
+    add_descriptors(segment, images)
+    return segment
+
+
+def add_descriptors(index: faiss.IndexIVF, images: Sequence[tuple[int, np.ndarray]]) -> None:
+    """Add the unit-normalised descriptors of several images, keyed by image id, in one FAISS call
+    (one call per image is slower). A featureless image adds nothing and never gets a vote."""
+    for _, descriptors in images:
+        if len(descriptors) and descriptors.shape[1] != index.d:
+            raise ValueError(f"descriptors of {descriptors.shape[1]} dimensions for a {index.d}-d vote index")
     described = [(image_id, d) for image_id, d in images if len(d)]
     if described:
         vectors = unit_rows(np.concatenate([d for _, d in described]).astype(np.float32))
         ids = np.concatenate([np.full(len(d), image_id, dtype=np.int64) for image_id, d in described])
-        segment.add_with_ids(vectors, ids)
-    return segment
+        index.add_with_ids(vectors, ids)
 
 
 def merge_segments(codec: faiss.IndexIVF, paths: Sequence[Path], drop: np.ndarray | None = None) -> faiss.IndexIVF:

@@ -13,7 +13,8 @@ import pytest
 from glueloc.indexer import pipeline, vote_index
 from glueloc.indexer.repair import repair
 from glueloc.query.localizer import Localizer, QueryOptions
-from glueloc.query.votes import DescriptorVotes, add, in_memory, ranked
+from glueloc.storage.vote_segments import add_descriptors
+from glueloc.query.votes import DescriptorVotes, in_memory, ranked
 from glueloc.storage.audit import audit
 from glueloc.storage.features import FeatureReader
 from glueloc.storage.layout import Layout
@@ -61,7 +62,7 @@ def test_votes_from_segments_equal_votes_from_one_index_of_the_same_codes(workdi
         assert localizer.votes is not None and len(localizer.votes.parts) == len(segments(db))
         codec_file = table(db, "select filename from vote_codecs")[0][0]
         whole = in_memory(read_codec(db / "vectors" / codec_file), np.zeros((1, 1)))
-        add(whole, [(i.id, localizer.reader.descriptors(i.shard, i.name)) for i in localizer.images.values()])
+        add_descriptors(whole, [(i.id, localizer.reader.descriptors(i.shard, i.name)) for i in localizer.images.values()])
         one = DescriptorVotes([whole])
         for image in list(localizer.images.values())[:5]:
             query = localizer.reader.descriptors(image.shard, image.name)

@@ -12,7 +12,8 @@ from glueloc.vision.images import load_image
 from glueloc.synthetic import SyntheticDataset
 from glueloc.query.localizer import Localizer, QueryOptions
 from glueloc.query.retrieval import interleave
-from glueloc.query.votes import DescriptorVotes, add, in_memory, ranked, votes_conf
+from glueloc.storage.vote_segments import add_descriptors
+from glueloc.query.votes import DescriptorVotes, in_memory, ranked, votes_conf
 from glueloc.storage.layout import Layout
 
 
@@ -26,7 +27,7 @@ def library() -> tuple[DescriptorVotes, dict[int, np.ndarray]]:
     rng = np.random.default_rng(0)
     images = {image_id: unit(rng.normal(size=(40, 32))) for image_id in (3, 5, 8, 13, 21)}
     part = in_memory(None, rng.normal(size=(16, 32)))
-    add(part, list(images.items()))
+    add_descriptors(part, list(images.items()))
     return DescriptorVotes([part], {"neighbours": 2, "probes": 16}), images
 
 
@@ -51,11 +52,11 @@ def test_excluded_images_never_vote(library) -> None:
 
 def test_featureless_images_and_queries(library) -> None:
     votes, images = library
-    add(votes.parts[0], [(34, np.zeros((0, 32), np.float32))])
+    add_descriptors(votes.parts[0], [(34, np.zeros((0, 32), np.float32))])
     assert votes.descriptors == 200 and 34 not in votes.count(images[5])
     assert votes.count(np.zeros((0, 32), np.float32)) == {}
     with pytest.raises(ValueError, match="64 dimensions for a 32-d vote index"):
-        add(votes.parts[0], [(55, np.ones((3, 64), np.float32))])
+        add_descriptors(votes.parts[0], [(55, np.ones((3, 64), np.float32))])
     with pytest.raises(ValueError, match="64 dimensions for a 32-d vote index"):
         votes.count(np.ones((3, 64), np.float32))
 
@@ -67,9 +68,9 @@ def test_votes_split_over_parts_equal_one_part(library) -> None:
     rng = np.random.default_rng(2)
     centroids = rng.normal(size=(16, 32))
     whole, first, second = in_memory(None, centroids), in_memory(None, centroids), in_memory(None, centroids)
-    add(whole, list(images.items()))
-    add(first, [(i, images[i]) for i in (3, 8)])
-    add(second, [(i, images[i]) for i in (5, 13, 21)])
+    add_descriptors(whole, list(images.items()))
+    add_descriptors(first, [(i, images[i]) for i in (3, 8)])
+    add_descriptors(second, [(i, images[i]) for i in (5, 13, 21)])
     conf = {"neighbours": 3, "probes": 4}
     query = unit(np.concatenate([images[8][:20], images[13][:10]]) + 0.05 * rng.normal(size=(30, 32)))
     assert DescriptorVotes([first, second], conf).count(query) == DescriptorVotes([whole], conf).count(query)
