@@ -16,6 +16,8 @@ COMMANDS = {
     "bad_inputs": "pytest -m slow tests/reliability/test_bad_inputs.py",
     "concurrent_queries": "pytest -m slow tests/reliability/test_concurrency.py -k queries",
     "two_writers": "pytest -m slow tests/reliability/test_concurrency.py -k writers",
+    "concurrent_queries_postgresql": "pytest -m slow tests/reliability/test_concurrency.py -k 'queries and postgresql'",
+    "two_writers_postgresql": "pytest -m slow tests/reliability/test_concurrency.py -k 'writers and postgresql'",
     "disk_full_rlimit": "pytest -m slow tests/reliability/test_disk_full.py -k size_limit",
     "disk_full_tmpfs": "pytest -m slow tests/reliability/test_disk_full.py -k full_disk",
     "damaged_stores": "pytest -m slow tests/reliability/test_damaged_stores.py",

@@ -37,6 +37,11 @@ app.add_typer(db_app, name="db")
 
 DbOption = Annotated[Path, typer.Option("--db", envvar="GLUELOC_DB", help="Database directory.")]
 DEFAULT_DB = Path("glueloc-db")
+CatalogueOption = Annotated[Optional[str], typer.Option(
+    "--catalogue", metavar="URL",
+    help="SQL catalogue of a new database, e.g. postgresql+psycopg://user@host/dbname (default: glueloc.sqlite "
+         "inside --db). Recorded in the directory's catalogue.json (without a password: PGPASSWORD or ~/.pgpass "
+         "give it), so later commands need only --db.")]
 DEFAULT_PIPELINE = "xfeat+lighterglue"  # chosen by bench/matchers.py (README)
 DEFAULT_RETRIEVAL = "fused"  # query.retrieval.FUSED, spelled here so the CLI imports no model code to start
 CALIBRATION_PLACES = 300  # query.calibrate.CalibrationOptions.places, spelled here for the same reason
@@ -135,6 +140,7 @@ def index(
     labels: Annotated[Path, typer.Argument(help="CSV with header name,x,y.")],
     images: Annotated[Path, typer.Option("--images", help="Folder the names in the CSV are relative to.")],
     db: DbOption = DEFAULT_DB,
+    catalogue: CatalogueOption = None,
     extractor: Annotated[Optional[str], typer.Option(help="Local features: xfeat (default), aliked, sift, superpoint (new database only).")] = None,
     embedder: Annotated[Optional[str], typer.Option(help="Image embedder for the learned image ranking: effnet-lite0-gem (default) or none (new database only).")] = None,
     matcher: Annotated[Optional[str], typer.Option(help="Matcher recorded for queries (new database only).")] = None,
@@ -151,11 +157,19 @@ def index(
     calibrate: Annotated[bool, typer.Option(
         help="Then calibrate the database (as `glueloc calibrate` with its defaults) unless it is already "
              "calibrated for exactly these images.")] = False,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", metavar="ADDRESS",
+        help="Extract features on a Ray cluster: auto (the cluster `ray start` joined this machine to), host:port, "
+             "or local (start one here). The database directory and the images must be at the same paths on "
+             "every worker; this process commits (docs/DISTRIBUTED.md).")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option(
+        min=1, help="Ray workers to start (default: one per CPU of the cluster).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Add the labelled images of LABELS to the database (skipping those already indexed)."""
     from glueloc.core.labels import read_labels
+    from glueloc.indexer.distributed import RayOptions
     from glueloc.indexer.pipeline import IndexOptions, IndexRunner
 
     rows = read_labels(labels, images)
@@ -163,14 +177,15 @@ def index(
     vlad_conf = {k: v for k, v in (("num_clusters", clusters), ("pca_dim", pca_dim)) if v is not None}
     options = IndexOptions(extractor=extractor, extractor_conf=conf or None, matcher=matcher,
                            batch_size=batch_size, update_coordinates=update_coordinates, vlad_conf=vlad_conf or None,
-                           exact_limit=exact_limit, embedder=embedder, rehash=rehash)
+                           exact_limit=exact_limit, embedder=embedder, rehash=rehash,
+                           ray=None if ray is None else RayOptions(address=ray, workers=ray_workers))
     arguments = {"labels": str(labels), "images": str(images), "extractor": extractor, "embedder": embedder,
                  "matcher": matcher,
                  "conf": conf, "vlad": vlad_conf, "batch_size": batch_size, "update_coordinates": update_coordinates,
-                 "rehash": rehash}
+                 "rehash": rehash, "ray": ray, "ray_workers": ray_workers}
     with _progress(progress and not json_out) as bar, _sigterm_as_interrupt():
         task = bar.add_task("indexing", total=len(rows))
-        runner = IndexRunner(Layout.at(db), options, progress=lambda n: bar.advance(task, n))
+        runner = IndexRunner(Layout.at(db, catalogue), options, progress=lambda n: bar.advance(task, n))
         summary = runner.run(rows, images, arguments)
     result = {"run": summary.run_id, "outcome": summary.outcome, "rows": summary.total, "added": summary.added,
               "skipped": summary.skipped, "updated": summary.updated, "rejected": summary.rejected,
@@ -373,11 +388,11 @@ def inspect(
 
 @db_app.command("upgrade")
 @user_errors()
-def db_upgrade(db: DbOption = DEFAULT_DB) -> None:
+def db_upgrade(db: DbOption = DEFAULT_DB, catalogue: CatalogueOption = None) -> None:
     """Create the database schema, or bring it to the latest revision."""
     from glueloc.storage.database import upgrade
 
-    before, after = upgrade(Layout.at(db))
+    before, after = upgrade(Layout.at(db, catalogue))
     typer.echo(f"schema {before or '(empty)'} -> {after}" if before != after else f"schema already at {after}")
 
 

@@ -159,7 +159,7 @@ class WarmLocalizer:
         few seconds, and reopening after each would cost a second set of indexes and a
         core for as long as it runs. Its committed batches are picked up once it ends.
         """
-        if is_locked(self.layout.lock_path):
+        if is_locked(self.layout):
             return False
         # Only this thread swaps, so the Localizer read here stays open while its database is read.
         if committed_state(self.localizer.db, self.options.query.retrieval) == snapshot_of(self.localizer):

@@ -8,7 +8,9 @@ new images in batches. Each batch is one unit of work that either lands whole or
 all:
 
 1. decode + extract every image of the batch, and embed it with the database's image
-   embedder from the same pixels (bad images are rejected one by one);
+   embedder from the same pixels (bad images are rejected one by one) — in this process,
+   or with ``IndexOptions.ray`` in Ray workers that also write step 2's feature shard
+   (indexer.distributed), this process staying the one committer;
 2. write the batch's features and raw embeddings to a new immutable HDF5 shard, and its
    global vectors (VLAD with the database's codebook) to a vector shard (temp file,
    fsync, rename);
@@ -56,10 +58,12 @@ from glueloc.vision.pipelines import get_pipeline
 from glueloc.vision import vlad
 from glueloc.core.labels import LabelRow
 from glueloc.indexer import vote_index
+from glueloc.indexer.distributed import RayExtraction, RayOptions, as_spec
+from glueloc.indexer.extraction import ExtractedBatch, ExtractedImage, extract_image
 from glueloc.indexer.reindex import rebuild_global_vectors
 from glueloc.indexer.train import train_retrieval_model
 from glueloc.storage.database import Database, open_database
-from glueloc.storage.features import ShardEntry, write_shard
+from glueloc.storage.features import write_shard
 from glueloc.storage.garbage import collect_garbage
 from glueloc.storage.globals import read_codebook, read_model, write_vectors
 from glueloc.storage.layout import Layout
@@ -95,6 +99,7 @@ class IndexOptions:
     embedder: str | None = None  # None: the database's, or DEFAULT_EMBEDDER for a new one; "none": no embeddings
     train_model: bool = True  # a run that ends without a retrieval model (a new database's first) learns one
     rehash: bool = False  # hash every indexed file again, even those whose size and mtime are unchanged
+    ray: RayOptions | None = None  # extract on a Ray cluster (indexer.distributed); None: in this process
 
 
 @dataclass
@@ -119,13 +124,6 @@ class IndexSummary:
     @property
     def images_per_second(self) -> float:
         return self.added / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class _Extracted:
-    row: LabelRow
-    image: DecodedImage
-    entry: ShardEntry
 
 
 def _open_embedder(state: StoreState, options: IndexOptions) -> Embedder | None:
@@ -241,11 +239,12 @@ class IndexRunner:
         self.layout = layout
         self.options = options
         self.progress = progress or (lambda n: None)
+        self.cluster: RayExtraction | None = None  # the Ray workers while a --ray run extracts
 
     def run(self, rows: list[LabelRow], images_dir: Path, arguments: dict) -> IndexSummary:
         try:
             self.layout.make_dirs()
-            with WriterLock(self.layout.lock_path):
+            with WriterLock(self.layout):
                 db = open_database(self.layout, create=True)
                 try:
                     return self._run_locked(db, rows, images_dir, arguments)
@@ -286,25 +285,14 @@ class IndexRunner:
             model = self._load_model(db, state)
             with db.session() as session:
                 votes = vote_index.load_codec(db, session)
-            batch: list[_Extracted] = []
-            for row, decoded in _decoded(new_rows, self.options.max_pixels, self.options.decode_workers):
-                if isinstance(decoded, BadImageError):
-                    self._reject(db, run, summary, row.name, str(decoded))
+            for ready in self._extracted(new_rows, state, extractor, embedder):
+                for row, reason in ready.rejections:
+                    self._reject(db, run, summary, row.name, reason)
                     self.progress(1)
-                    continue
-                # A featureless image (a blank wall) is still a labelled image: it is indexed
-                # with zero keypoints and a zero global vector, and simply never verifies.
-                features = extractor.extract(decoded.rgb)
-                embedding = None if embedder is None else embedder.embed(decoded.rgb)
-                batch.append(_Extracted(row, decoded, ShardEntry(row.name, features, embedding)))
-                if len(batch) >= self.options.batch_size:
-                    vectors, model = self._commit_batch(db, run, state, codebook, vectors, model, votes, batch,
+                if ready.images:
+                    vectors, model = self._commit_batch(db, run, state, codebook, vectors, model, votes, ready,
                                                         summary)
-                    self.progress(len(batch))
-                    batch = []
-            if batch:
-                vectors, model = self._commit_batch(db, run, state, codebook, vectors, model, votes, batch, summary)
-                self.progress(len(batch))
+                    self.progress(len(ready.images))
             self._merge_faiss(db, state, vectors, model)
             if codebook is None and self._has_images(db):
                 result = rebuild_global_vectors(db, run.id, retrain=True, exact_limit=self.options.exact_limit)
@@ -324,6 +312,37 @@ class IndexRunner:
             raise
         self._finish(db, run, summary, started)
         return summary
+
+    def _extracted(self, rows: list[LabelRow], state: StoreState, extractor: Extractor,
+                   embedder: Embedder | None) -> Iterator[ExtractedBatch]:
+        """The new rows, extracted in CSV order, batch by batch: here, or on a Ray cluster."""
+        if self.options.ray is None:
+            yield from self._extracted_here(rows, extractor, embedder)
+            return
+        embedder_spec = None if embedder is None else as_spec(embedder.name, embedder.version, embedder.conf)
+        with RayExtraction(self.options.ray, as_spec(state.extractor, state.extractor_version, state.extractor_config),
+                           embedder_spec, self.layout.features_dir, self.options.max_pixels) as cluster:
+            self.cluster = cluster
+            try:
+                yield from cluster.batches(rows, self.options.batch_size)
+            finally:
+                self.cluster = None
+
+    def _extracted_here(self, rows: list[LabelRow], extractor: Extractor,
+                        embedder: Embedder | None) -> Iterator[ExtractedBatch]:
+        """Decoding in a small thread pool, extraction in this process; a bad image is its own
+        rejection at once, and a batch is ``batch_size`` good images."""
+        batch: list[ExtractedImage] = []
+        for row, decoded in _decoded(rows, self.options.max_pixels, self.options.decode_workers):
+            if isinstance(decoded, BadImageError):
+                yield ExtractedBatch([], [(row, str(decoded))])
+                continue
+            batch.append(extract_image(row, decoded, extractor, embedder))
+            if len(batch) >= self.options.batch_size:
+                yield ExtractedBatch(batch, [])
+                batch = []
+        if batch:
+            yield ExtractedBatch(batch, [])
 
     def _triage(self, db: Database, run: IndexRun, rows: list[LabelRow], summary: IndexSummary) -> list[LabelRow]:
         """Split rows into skipped / updated / rejected (recorded now) and new (returned)."""
@@ -452,9 +471,12 @@ class IndexRunner:
     def _commit_batch(self, db: Database, run: IndexRun, state: StoreState,
                       codebook: tuple[vlad.VLADCodebook, str] | None, vectors: VectorIndex | None,
                       model: tuple[Projection, VectorIndex] | None, votes: tuple[VoteCodec, Any] | None,
-                      batch: list[_Extracted], summary: IndexSummary) -> tuple[VectorIndex | None, tuple[Projection, VectorIndex] | None]:
-        """Publish one batch (see the module docstring); returns the FAISS indexes to continue with."""
-        shard = write_shard(self.layout.features_dir, [item.entry for item in batch])
+                      ready: ExtractedBatch, summary: IndexSummary) -> tuple[VectorIndex | None, tuple[Projection, VectorIndex] | None]:
+        """Publish one batch (see the module docstring); returns the FAISS indexes to continue with.
+
+        Its shard is written here, unless a Ray worker already published it."""
+        batch = ready.images
+        shard = ready.shard or write_shard(self.layout.features_dir, [item.entry for item in batch])
         globals_: dict[str, np.ndarray] = {}
         vector_shard = None
         if codebook is not None:
@@ -472,9 +494,9 @@ class IndexRunner:
             session.flush()
             images = [
                 Image(
-                    name=item.row.name, sha256=item.image.sha256, width=item.image.width, height=item.image.height,
+                    name=item.row.name, sha256=item.sha256, width=item.width, height=item.height,
                     x=item.row.x, y=item.row.y, extractor=state.extractor, extractor_version=state.extractor_version,
-                    file_size=item.image.file_size, file_mtime_ns=item.image.file_mtime_ns,
+                    file_size=item.file_size, file_mtime_ns=item.file_mtime_ns,
                     num_keypoints=len(item.entry.features), status="indexed", shard_id=shard_row.id,
                     vector_shard_id=vector_row.id if vector_row is not None else None, run_id=run.id,
                 )

@@ -209,7 +209,7 @@ def remove_images(layout: Layout, names: Sequence[str], arguments: Mapping[str, 
     if not layout.root.is_dir():
         raise DatabaseError(f"no glueloc database at {layout.root}")
     try:
-        with WriterLock(layout.lock_path):
+        with WriterLock(layout):
             db = open_database(layout)
             try:
                 # As JSON will store them (a Path given becomes its text), before anything is written.

@@ -55,7 +55,7 @@ def repair(layout: Layout) -> list[str]:
     gone or changed — is listed and left as it is.
     """
     actions: list[str] = []
-    with WriterLock(layout.lock_path):
+    with WriterLock(layout):
         db = open_database(layout)
         try:
             before = audit(layout, deep=True)

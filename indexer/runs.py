@@ -29,7 +29,7 @@ def audited_run(layout: Layout, command: str, arguments: dict[str, Any],
     """Run ``step(db, run_id)`` under the writer lock as a recorded run of ``command``."""
     if not layout.root.is_dir():  # the lock file would be created inside it: say what is wrong instead
         raise DatabaseError(f"no glueloc database at {layout.root} (run `glueloc index` to create one)")
-    with WriterLock(layout.lock_path):
+    with WriterLock(layout):
         db = open_database(layout)
         try:
             with db.session() as session, session.begin():

@@ -495,7 +495,7 @@ def audit(layout: Layout, deep: bool = False) -> AuditReport:
             _check_votes(db, session, state, report, deep)
             if deep:
                 _check_image_files(session, report)
-            writing = is_locked(layout.lock_path)
+            writing = is_locked(layout)
             garbage = find_garbage(layout, session)
             if garbage:
                 when = "an index run is writing now" if writing else "left by an interrupted run"

@@ -11,20 +11,23 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from glueloc.core.errors import DatabaseError
-from glueloc.storage.layout import Layout
-from glueloc.storage.models import Calibration, StoreState
+from glueloc.storage.catalogue import RECORD_NAME, write_record
+from glueloc.storage.layout import TEMP_PREFIX, Layout
+from glueloc.storage.models import Calibration, CatalogueOwner, StoreState, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +48,11 @@ def head_revision() -> str:
     return head
 
 
-def make_engine(url: str) -> Engine:
-    engine = create_engine(url)
+def make_engine(url: str, **options: Any) -> Engine:
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":  # SQLAlchemy's default driver for it is psycopg2; glueloc ships psycopg 3
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = create_engine(parsed, **options)
     if url.startswith("sqlite"):
 
         @event.listens_for(engine, "connect")
@@ -68,8 +74,30 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def _migrate(url: str) -> str | None:
-    """Run the migrations up to head on ``url`` in one transaction; returns the revision before."""
+def _owner(connection: Connection) -> str | None:
+    """The directory id the catalogue belongs to, if it records one (storage.catalogue)."""
+    return connection.execute(select(CatalogueOwner.directory_id).where(CatalogueOwner.id == 1)).scalar_one_or_none()
+
+
+def _check_owner(connection: Connection, layout: Layout) -> None:
+    """Refuse a catalogue that belongs to another directory; claim an unowned one for a bound directory."""
+    owner = _owner(connection)
+    if layout.directory_id is None:
+        if owner is not None:
+            raise DatabaseError(f"the catalogue {layout.display_url} belongs to another database directory (id {owner}), "
+                                f"not to {layout.root}")
+        return
+    if owner is None:
+        connection.execute(insert(CatalogueOwner).values(id=1, directory_id=layout.directory_id, bound_at=utcnow()))
+    elif owner != layout.directory_id:
+        raise DatabaseError(f"the catalogue {layout.display_url} belongs to another database directory (id {owner}), not to "
+                            f"{layout.root} (id {layout.directory_id}): was the directory copied? A copy needs a "
+                            "catalogue of its own")
+
+
+def _migrate(url: str, layout: Layout | None = None) -> str | None:
+    """Run the migrations up to head on ``url`` in one transaction, checking (or claiming) the
+    catalogue's owner in the same transaction; returns the revision before."""
     engine = make_engine(url)
     try:
         before = current_revision(engine)
@@ -77,6 +105,8 @@ def _migrate(url: str) -> str | None:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+            if layout is not None:
+                _check_owner(connection, layout)
         if url.startswith("sqlite:///"):
             with engine.connect() as connection:  # fold the WAL into the file before it moves
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -105,14 +135,55 @@ def _create_sqlite(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def _refuse_unclaimed_stores(layout: Layout) -> None:
+    """A new catalogue must not adopt a directory that already holds stores: they belong to a
+    catalogue that is not here (a deleted catalogue.json?), and the new one's garbage
+    collection would delete them all."""
+    for folder in (layout.features_dir, layout.vectors_dir):
+        if folder.is_dir() and any(not path.name.startswith(TEMP_PREFIX) for path in folder.iterdir()):
+            raise DatabaseError(f"{layout.root} holds stores ({folder.name}/) but no catalogue: its catalogue is "
+                                f"missing (glueloc.sqlite, or the {RECORD_NAME} that names one); refusing to start a "
+                                "new one there")
+
+
+def _bind(layout: Layout) -> Layout:
+    """Record a new directory's catalogue on a server (or elsewhere) before anything is written
+    to it, refusing a catalogue another directory already owns."""
+    engine = make_engine(layout.url)
+    try:
+        with engine.connect() as connection:
+            if MigrationContext.configure(connection).get_current_revision() is not None and \
+                    inspect(connection).has_table(CatalogueOwner.__tablename__):
+                _check_owner(connection, layout)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot open catalogue {layout.display_url}: {_first_line(exc)}") from None
+    finally:
+        engine.dispose()
+    _refuse_unclaimed_stores(layout)
+    record = write_record(layout.root, layout.url)
+    return replace(layout, directory_id=record.directory_id)
+
+
 def upgrade(layout: Layout) -> tuple[str | None, str]:
-    """Bring the schema to the latest revision; returns (before, after)."""
+    """Bring the schema to the latest revision (creating the database if there is none);
+    returns (before, after)."""
     layout.make_dirs()
     sqlite_path = layout.sqlite_path
-    if sqlite_path is not None and not sqlite_path.exists():
+    if layout.is_default_catalogue and sqlite_path is not None and not sqlite_path.exists():
+        _refuse_unclaimed_stores(layout)
         _create_sqlite(sqlite_path)
         return None, head_revision()
-    return _migrate(layout.url), head_revision()
+    if not layout.is_default_catalogue and layout.directory_id is None:
+        layout = _bind(layout)
+    try:
+        return _migrate(layout.url, layout), head_revision()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot migrate catalogue {layout.display_url}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[0] if exc.args else exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 @dataclass
@@ -139,11 +210,10 @@ class Database:
         a REPEATABLE READ transaction. Meant for reads: it is rolled back at the end.
         """
         with self.sessions() as session:
-            connection = session.connection()
             if self.engine.dialect.name == "sqlite":
-                connection.exec_driver_sql("BEGIN")
-            else:
-                connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                session.connection().exec_driver_sql("BEGIN")
+            else:  # set on the connection before its transaction begins; reset when it goes back to the pool
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             try:
                 yield session
             finally:
@@ -184,20 +254,23 @@ def calibration_retrieval(row: Calibration) -> str:
 def open_database(layout: Layout, create: bool = False) -> Database:
     """Open the database at ``layout``; with ``create``, make a new one by migrating.
 
-    Raises :class:`DatabaseError` when there is no database (and ``create`` is false) or
-    when its schema revision is not the one this code expects.
+    Raises :class:`DatabaseError` when there is no database (and ``create`` is false), when
+    its catalogue belongs to another directory, or when its schema revision is not the one
+    this code expects.
     """
     sqlite_path = layout.sqlite_path
-    if sqlite_path is not None and not sqlite_path.exists():
+    fresh_binding = not layout.is_default_catalogue and layout.directory_id is None
+    if (layout.is_default_catalogue and sqlite_path is not None and not sqlite_path.exists()) or fresh_binding:
         if not create:
             raise DatabaseError(f"no glueloc database at {layout.root} (run `glueloc index` to create one)")
         upgrade(layout)
+        layout = Layout.at(layout.root, layout.url)
     engine = make_engine(layout.url)
     try:
         revision = current_revision(engine)
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise DatabaseError(f"cannot open database {layout.url}: {exc.__class__.__name__}: {exc.args[0]}") from None
+        raise DatabaseError(f"cannot open database {layout.display_url}: {_first_line(exc)}") from None
     head = head_revision()
     if revision is None and create:
         engine.dispose()
@@ -213,5 +286,11 @@ def open_database(layout: Layout, create: bool = False) -> Database:
             f"database {layout.root} is at schema revision {revision}, this glueloc needs {head}: "
             f"run `glueloc db upgrade --db {layout.root}`"
         )
+    try:
+        with engine.begin() as connection:
+            _check_owner(connection, layout)
+    except BaseException:
+        engine.dispose()
+        raise
     layout.make_dirs()
     return Database(layout=layout, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))

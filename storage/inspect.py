@@ -67,6 +67,7 @@ def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:
         runs = session.scalars(select(IndexRun).order_by(IndexRun.id.desc()).limit(last_runs)).all()
         return {
             "database": str(db.layout.root),
+            "catalogue": db.layout.display_url if db.layout.is_server else str(db.layout.sqlite_path),
             "images": count,
             "distinct_positions": places,
             "shards": session.scalar(select(func.count()).select_from(FeatureShard)),

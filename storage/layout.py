@@ -4,7 +4,7 @@ A glueloc database is one directory: the SQLite file (unless another SQL server 
 configured), immutable HDF5 feature shards, FAISS files, and the writer lock::
 
     glueloc-db/
-      glueloc.sqlite          source of truth
+      glueloc.sqlite          source of truth (or catalogue.json, naming a catalogue on a server)
       features/shard-*.h5     one immutable file per committed batch
       vectors/faiss-*.index   the FAISS index named in store_state (older ones are garbage)
       index.lock              held by the one writer
@@ -21,8 +21,13 @@ from pathlib import Path
 
 import h5py
 
+from glueloc.core.errors import DatabaseError
+from glueloc.storage.catalogue import RECORD_NAME, SQLITE_NAME, default_url, read_record, same_catalogue, without_password
+from glueloc.storage.files import atomic_publish
 from glueloc.vision.images import sha256_file
 
+#: The process-wide catalogue override of earlier releases, refused so it cannot silently stop applying.
+RETIRED_URL_ENV = "GLUELOC_DB_URL"
 #: Files still being written carry this prefix; they are never referenced by SQLite.
 TEMP_PREFIX = ".tmp-"
 
@@ -33,12 +38,46 @@ class Layout:
 
     root: Path
     url: str
+    #: The directory's id in its catalogue.json (storage.catalogue); None for the default
+    #: catalogue, the SQLite file inside the directory, which cannot be shared.
+    directory_id: str | None = None
 
     @classmethod
     def at(cls, root: Path, url: str | None = None) -> "Layout":
+        """The layout of the directory ``root``, with the catalogue its record names.
+
+        ``url``: the catalogue for a directory being created (``glueloc index --catalogue``);
+        for an existing one it must name the recorded catalogue (it may add the password).
+        """
+        if os.environ.get(RETIRED_URL_ENV):
+            raise DatabaseError(f"{RETIRED_URL_ENV} is no longer read (it sent every --db to one catalogue): a "
+                                "database records its own; create one with `glueloc index --catalogue URL`, then unset it")
         root = Path(root).expanduser().absolute()
-        env_url = os.environ.get("GLUELOC_DB_URL")
-        return cls(root=root, url=url or env_url or f"sqlite:///{root / 'glueloc.sqlite'}")
+        record = read_record(root)
+        if record is None:
+            if url is not None and url != default_url(root) and (root / SQLITE_NAME).exists():
+                raise DatabaseError(f"{root} has its own catalogue ({SQLITE_NAME}); a catalogue URL applies only to "
+                                    "a new database directory")
+            return cls(root=root, url=url or default_url(root))
+        if url is not None and not same_catalogue(url, record.url):
+            raise DatabaseError(f"{root} belongs to the catalogue {record.url}, not {without_password(url)} "
+                                f"(see {root / RECORD_NAME})")
+        return cls(root=root, url=url or record.url, directory_id=record.directory_id)
+
+    @property
+    def display_url(self) -> str:
+        """The catalogue's URL as messages show it: never with a password."""
+        return without_password(self.url)
+
+    @property
+    def is_default_catalogue(self) -> bool:
+        """Whether the catalogue is the directory's own SQLite file (nothing to record or check)."""
+        return self.url == default_url(self.root)
+
+    @property
+    def is_server(self) -> bool:
+        """Whether the catalogue is on a server that other machines reach (not a SQLite file)."""
+        return not self.url.startswith("sqlite")
 
     @property
     def is_sqlite_file(self) -> bool:
@@ -63,23 +102,6 @@ class Layout:
     def make_dirs(self) -> None:
         for path in (self.root, self.features_dir, self.vectors_dir):
             path.mkdir(parents=True, exist_ok=True)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (POSIX needs the directory synced too)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_publish(temp: Path, final: Path) -> None:
-    """fsync a finished temporary file, rename it into place, fsync the directory."""
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, final)
-    fsync_dir(final.parent)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""The SQLite schema, as SQLAlchemy 2 ORM classes.
+"""The catalogue's schema, as SQLAlchemy 2 ORM classes.
 
-SQLite is the source of truth: a row exists only once the features it points to are
+The catalogue (SQLite by default, or PostgreSQL) is the source of truth: a row exists only once the features it points to are
 complete on disk, and each row says which shard holds them. The schema itself is owned
 by the Alembic migrations in ``migrations/``; these classes must match the latest
 revision (a test checks that the migrated schema and these models agree).
@@ -159,7 +159,7 @@ class VoteCodec(Base):
     config: Mapped[dict] = mapped_column(JSON)  # storage.vote_segments options it was trained with
     cells: Mapped[int]
     trained_descriptors: Mapped[int]  # the sample it was trained on
-    database_descriptors: Mapped[int]  # descriptors in the database when it was trained
+    database_descriptors: Mapped[int] = mapped_column(BigInteger)  # descriptors in the database when it was trained
     seconds: Mapped[float] = mapped_column(Float)
     run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -178,7 +178,7 @@ class VoteSegment(Base):
     num_descriptors: Mapped[int]
     # Checked before the file is memory-mapped: reading past the end of a truncated
     # mapped file would kill the process (SIGBUS) instead of raising an error.
-    size_bytes: Mapped[int]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -251,6 +251,21 @@ class CoordinateChange(Base):
     new_x: Mapped[float] = mapped_column(Float)
     new_y: Mapped[float] = mapped_column(Float)
     changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CatalogueOwner(Base):
+    """The one database directory this catalogue belongs to (``storage.catalogue``).
+
+    Its id is also in the directory's ``catalogue.json``; an open checks that both agree,
+    so two directories can never share one catalogue (each would delete the other's files
+    as garbage). Empty for the default catalogue, the SQLite file inside the directory.
+    """
+
+    __tablename__ = "catalogue_owner"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    directory_id: Mapped[str] = mapped_column(String(64))
+    bound_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class StoreState(Base):

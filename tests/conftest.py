@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from glueloc.synthetic import SyntheticDataset, write_dataset
+from tests.catalogues import KINDS, Catalogue, PostgresServer, find_server, required
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -35,18 +37,73 @@ def workdir(tmp_path: Path, scene: SyntheticDataset) -> Path:
     return tmp_path
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_catalogues: run the module's database tests on SQLite and PostgreSQL "
+                                       "(tests/catalogues.py)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "catalogue" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_catalogues"):
+        metafunc.parametrize("catalogue", KINDS, indirect=True)
+
+
 @pytest.fixture(scope="session")
-def indexed_scene(tmp_path_factory: pytest.TempPathFactory, scene: SyntheticDataset) -> Path:
-    """The scene indexed once with SIFT; tests get copies through ``indexed``."""
+def postgres_server() -> Iterator[PostgresServer | None]:
+    """The local PostgreSQL server, connected once (None when there is none: see tests/catalogues.py)."""
+    server, _ = find_server()
+    yield server
+    if server is not None:
+        server.drop_all()
+
+
+@pytest.fixture()
+def catalogue(request: pytest.FixtureRequest, postgres_server: PostgresServer | None) -> Catalogue:
+    """The catalogue kind of this test: SQLite, unless its module is marked both_catalogues."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        return Catalogue("sqlite")
+    if postgres_server is None:
+        why = find_server()[1]
+        if required():
+            pytest.fail(why)
+        pytest.skip(why)
+    return Catalogue(kind, postgres_server)
+
+
+@pytest.fixture()
+def new_db(workdir: Path, catalogue: Catalogue) -> Path:
+    """A new database directory beside ``workdir``'s images, bound to this test's catalogue."""
+    return catalogue.bind(workdir / "db")
+
+
+def _index_scene(db: Path, scene: SyntheticDataset) -> Path:
     from tests.helpers import run_index
 
-    db = tmp_path_factory.mktemp("indexed") / "db"
     run_index(db, scene.labels_csv, scene.images_dir, batch_size=5)
     return db
 
 
+@pytest.fixture(scope="session")
+def indexed_scene(tmp_path_factory: pytest.TempPathFactory, scene: SyntheticDataset) -> Path:
+    """The scene indexed once with SIFT (SQLite); tests get copies through ``indexed``."""
+    return _index_scene(tmp_path_factory.mktemp("indexed") / "db", scene)
+
+
+@pytest.fixture(scope="session")
+def indexed_on_server(tmp_path_factory: pytest.TempPathFactory, scene: SyntheticDataset) -> dict[str, Path]:
+    """The same on the PostgreSQL server, indexed on first use (see ``indexed``)."""
+    return {}
+
+
 @pytest.fixture()
-def indexed(workdir: Path, indexed_scene: Path) -> Path:
-    """A private copy of the indexed scene's database, beside ``workdir``'s images."""
-    shutil.copytree(indexed_scene, workdir / "db")
-    return workdir / "db"
+def indexed(request: pytest.FixtureRequest, workdir: Path, catalogue: Catalogue, scene: SyntheticDataset,
+            indexed_on_server: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the indexed scene's database (and catalogue), beside ``workdir``'s images."""
+    if catalogue.kind == "sqlite":
+        template = request.getfixturevalue("indexed_scene")
+    else:
+        if catalogue.kind not in indexed_on_server:
+            root = catalogue.bind(tmp_path_factory.mktemp(f"indexed-{catalogue.kind}") / "db")
+            indexed_on_server[catalogue.kind] = _index_scene(root, scene)
+        template = indexed_on_server[catalogue.kind]
+    return catalogue.copy(template, workdir / "db")

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
+
+import pytest
 
 from glueloc.indexer.repair import repair
 from glueloc.storage.audit import audit
 from glueloc.storage.layout import Layout
+from tests.helpers import sql
+
+pytestmark = pytest.mark.both_catalogues
 
 
 def codes(db: Path, deep: bool = False) -> set[str]:
     return {f.code for f in audit(Layout.at(db), deep=deep).errors}
 
 
-def stored_file(db: Path, folder: str, sql: str) -> Path:
-    """The store file the catalogue names through ``sql`` (one row, one column)."""
-    with sqlite3.connect(db / "glueloc.sqlite") as connection:
-        (name,) = connection.execute(sql).fetchone()
+def stored_file(db: Path, folder: str, statement: str) -> Path:
+    """The store file the catalogue names through ``statement`` (one row, one column)."""
+    ((name,),) = sql(db, statement)
     return db / folder / name
 
 
@@ -102,8 +105,7 @@ def test_stale_faiss_is_reported(indexed: Path, tmp_path: Path) -> None:
 def use_workdir_images(db: Path) -> Path:
     """Point the database's runs at the test's private copy of the images (safe to damage)."""
     images = db.parent / "images"
-    with sqlite3.connect(db / "glueloc.sqlite") as connection:
-        connection.execute("update index_runs set images_dir = ?", (str(images),))
+    sql(db, "update index_runs set images_dir = :dir", {"dir": str(images)})
     return images
 
 
@@ -121,9 +123,8 @@ def test_truncated_shard_is_re_extracted_from_the_images(indexed: Path) -> None:
 def test_deleted_shard_with_an_image_gone_is_not_derivable(indexed: Path) -> None:
     images = use_workdir_images(indexed)
     shard = first_shard(indexed)
-    with sqlite3.connect(indexed / "glueloc.sqlite") as connection:
-        (name,) = connection.execute("select images.name from images join feature_shards "
-                                     "on images.shard_id = feature_shards.id order by images.id limit 1").fetchone()
+    ((name,),) = sql(indexed, "select images.name from images join feature_shards "
+                              "on images.shard_id = feature_shards.id order by images.id limit 1")
     (images / name).unlink()
     shard.unlink()
     actions = repair(Layout.at(indexed))
@@ -137,8 +138,7 @@ def test_missing_shard_and_row_without_features(indexed: Path) -> None:
 
 
 def test_row_without_features_in_its_shard(indexed: Path) -> None:
-    with sqlite3.connect(indexed / "glueloc.sqlite") as connection:
-        connection.execute("update images set name = 'ghost.jpg' where id = 1")
+    sql(indexed, "update images set name = 'ghost.jpg' where id = 1")
     found = codes(indexed)
     assert "features-missing" in found and "features-orphan" in found
 
@@ -167,10 +167,9 @@ def test_leftovers_are_notes_and_repair_removes_them(indexed: Path) -> None:
 
 
 def test_changed_image_file_is_caught_by_deep_audit(indexed: Path) -> None:
-    with sqlite3.connect(indexed / "glueloc.sqlite") as connection:
-        (root,) = connection.execute("select images_dir from index_runs where id = 1").fetchone()
-        (name,) = connection.execute("select name from images where id = 1").fetchone()
-        connection.execute("update index_runs set images_dir = ?", (str(indexed.parent / "images"),))
+    ((root,),) = sql(indexed, "select images_dir from index_runs where id = 1")
+    ((name,),) = sql(indexed, "select name from images where id = 1")
+    sql(indexed, "update index_runs set images_dir = :dir", {"dir": str(indexed.parent / "images")})
     assert Path(root).is_dir()
     image = indexed.parent / "images" / name
     image.write_bytes(image.read_bytes() + b"!")

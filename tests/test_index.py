@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,9 @@ from glueloc.storage.database import open_database
 from glueloc.storage.features import FeatureReader
 from glueloc.storage.layout import Layout
 from glueloc.storage.lock import WriterLock
-from tests.helpers import run_index, tree_digest
+from tests.helpers import run_index, sql, tree_digest
+
+pytestmark = pytest.mark.both_catalogues
 
 
 def rows_of(labels: Path) -> list[list[str]]:
@@ -29,13 +30,12 @@ def write_rows(path: Path, rows: list[list[str]]) -> Path:
     return path
 
 
-def table(db: Path, sql: str) -> list[tuple]:
-    with sqlite3.connect(db / "glueloc.sqlite") as connection:
-        return connection.execute(sql).fetchall()
+def table(db: Path, statement: str) -> list[tuple]:
+    return sql(db, statement)
 
 
-def test_index_then_rerun_skips_everything(workdir: Path) -> None:
-    db = workdir / "db"
+def test_index_then_rerun_skips_everything(workdir: Path, new_db: Path) -> None:
+    db = new_db
     first = run_index(db, workdir / "labels.csv", workdir / "images", batch_size=5)
     assert (first.added, first.skipped, first.rejected) == (24, 0, 0)
     assert first.outcome == "completed"
@@ -48,8 +48,8 @@ def test_index_then_rerun_skips_everything(workdir: Path) -> None:
     assert runs == [(1, "completed", 24, 0), (2, "completed", 0, 24)]
 
 
-def test_incremental_growth_reuses_the_database(workdir: Path) -> None:
-    db = workdir / "db"
+def test_incremental_growth_reuses_the_database(workdir: Path, new_db: Path) -> None:
+    db = new_db
     header, *rows = rows_of(workdir / "labels.csv")
     write_rows(workdir / "half.csv", [header, *rows[:10]])
     assert run_index(db, workdir / "half.csv", workdir / "images", batch_size=4).added == 10
@@ -141,8 +141,8 @@ def test_bad_images_are_rejected_and_stores_unchanged(workdir: Path, indexed: Pa
     assert audit(Layout.at(db)).clean
 
 
-def test_good_rows_land_beside_bad_ones(workdir: Path) -> None:
-    db = workdir / "db"
+def test_good_rows_land_beside_bad_ones(workdir: Path, new_db: Path) -> None:
+    db = new_db
     (workdir / "images" / "zero.jpg").write_bytes(b"")
     header, *rows = rows_of(workdir / "labels.csv")
     labels = write_rows(workdir / "mixed.csv", [header, *rows[:5], ["zero.jpg", "0", "0"], *rows[5:8]])
@@ -170,7 +170,7 @@ def test_mixing_extractors_is_refused(workdir: Path, indexed: Path) -> None:
 
 def test_second_writer_is_refused(workdir: Path, indexed: Path) -> None:
     db = indexed
-    with WriterLock(Layout.at(db).lock_path):
+    with WriterLock(Layout.at(db)):
         with pytest.raises(DatabaseError, match="is being written by pid"):
             run_index(db, workdir / "labels.csv", workdir / "images")
 
@@ -191,8 +191,8 @@ def test_reader_sees_the_features_that_were_written(workdir: Path, indexed: Path
     database.close()
 
 
-def test_first_run_trains_codebook_and_later_runs_reuse_it(workdir: Path) -> None:
-    db = workdir / "db"
+def test_first_run_trains_codebook_and_later_runs_reuse_it(workdir: Path, new_db: Path) -> None:
+    db = new_db
     header, *rows = rows_of(workdir / "labels.csv")
     write_rows(workdir / "half.csv", [header, *rows[:12]])
     first = run_index(db, workdir / "half.csv", workdir / "images", batch_size=4, vlad_conf={"num_clusters": 16})
@@ -222,10 +222,9 @@ def test_reindex_retrain_replaces_every_vector(indexed: Path) -> None:
 
 def test_database_from_revision_0001_is_completed_by_the_next_run(workdir: Path, indexed: Path) -> None:
     """A database whose images have no vectors of any codebook (as after upgrading from 0001)."""
-    with sqlite3.connect(indexed / "glueloc.sqlite") as connection:
-        connection.execute("update images set vector_shard_id = null")
-        connection.execute("delete from vector_shards")
-        connection.execute("update store_state set codebook_id = null, faiss_file = null, faiss_count = 0")
+    sql(indexed, "update images set vector_shard_id = null")
+    sql(indexed, "delete from vector_shards")
+    sql(indexed, "update store_state set codebook_id = null, faiss_file = null, faiss_count = 0")
     report = audit(Layout.at(indexed))
     assert report.clean and "vectors-pending" in {f.code for f in report.findings}
     summary = run_index(indexed, workdir / "labels.csv", workdir / "images")

@@ -4,7 +4,6 @@ from one snapshot while a writer changes them."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,10 @@ from glueloc.storage.features import FeatureReader
 from glueloc.storage.layout import Layout
 from glueloc.storage.vectors import VectorIndex
 from glueloc.storage.vote_segments import cells_for, codec_conf, outgrown, read_codec
-from tests.helpers import run_index
+from tests.helpers import run_index, sql
 from tests.test_index import rows_of, table, write_rows
+
+pytestmark = pytest.mark.both_catalogues
 
 
 def codes(db: Path, deep: bool = False) -> set[str]:
@@ -37,8 +38,8 @@ def first_rows(workdir: Path, n: int) -> Path:
     return write_rows(workdir / f"first{n}.csv", [header, *rows[:n]])
 
 
-def test_every_image_is_in_one_segment_and_small_segments_are_merged(workdir: Path) -> None:
-    db = workdir / "db"
+def test_every_image_is_in_one_segment_and_small_segments_are_merged(workdir: Path, new_db: Path) -> None:
+    db = new_db
     run_index(db, first_rows(workdir, 8), workdir / "images", batch_size=4)
     assert len(segments(db)) == 1  # the first run encodes every image once its codec is trained
     # 16 more images in batches of one: one segment per batch, merged FANOUT at a time.
@@ -53,8 +54,8 @@ def test_every_image_is_in_one_segment_and_small_segments_are_merged(workdir: Pa
     assert files == {name for name, _, _ in rows}  # merged segments' files are gone
 
 
-def test_votes_from_segments_equal_votes_from_one_index_of_the_same_codes(workdir: Path) -> None:
-    db = workdir / "db"
+def test_votes_from_segments_equal_votes_from_one_index_of_the_same_codes(workdir: Path, new_db: Path) -> None:
+    db = new_db
     run_index(db, first_rows(workdir, 8), workdir / "images", batch_size=4)
     run_index(db, workdir / "labels.csv", workdir / "images", batch_size=3)
     assert len(segments(db)) > 1
@@ -108,10 +109,9 @@ def test_a_database_without_a_codec_answers_and_the_next_writer_builds_it(indexe
         image = localizer.images[min(localizer.images)]
         features = localizer.reader.features(image.shard, image.name)
         persisted = [c.image_id for c in localizer.shortlist(features)]
-    with sqlite3.connect(indexed / "glueloc.sqlite") as connection:
-        connection.execute("update images set vote_segment_id = null")
-        connection.execute("update store_state set vote_codec_id = null")
-        connection.execute("delete from vote_segments")
+    sql(indexed, "update images set vote_segment_id = null")
+    sql(indexed, "update store_state set vote_codec_id = null")
+    sql(indexed, "delete from vote_segments")
     report = audit(Layout.at(indexed))
     assert report.clean and "votes-pending" in {f.code for f in report.findings}
     with Localizer(Layout.at(indexed), QueryOptions(k=4, estimator="best")) as localizer:
@@ -121,10 +121,10 @@ def test_a_database_without_a_codec_answers_and_the_next_writer_builds_it(indexe
     assert audit(Layout.at(indexed), deep=True).clean and len(segments(indexed)) >= 1
 
 
-def test_a_query_opened_before_a_run_answers_from_its_snapshot(workdir: Path) -> None:
+def test_a_query_opened_before_a_run_answers_from_its_snapshot(workdir: Path, new_db: Path) -> None:
     """Merges delete segment files a query has mapped: the mapping stays readable, and the
     query keeps answering from the images it opened with."""
-    db = workdir / "db"
+    db = new_db
     run_index(db, first_rows(workdir, 8), workdir / "images", batch_size=4)
     with Localizer(Layout.at(db), QueryOptions(k=4, estimator="best")) as localizer:
         before = set(localizer.images)
@@ -140,8 +140,8 @@ def test_a_query_opened_before_a_run_answers_from_its_snapshot(workdir: Path) ->
         assert len(fresh.images) == 24 and mapped == {name for name, _, _ in segments(db)}
 
 
-def test_faiss_is_merged_not_rewritten_per_batch(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = workdir / "db"
+def test_faiss_is_merged_not_rewritten_per_batch(workdir: Path, monkeypatch: pytest.MonkeyPatch, new_db: Path) -> None:
+    db = new_db
     run_index(db, first_rows(workdir, 8), workdir / "images", batch_size=4)
     saved: list[int] = []
     real = VectorIndex.save_new
@@ -157,9 +157,9 @@ def test_faiss_is_merged_not_rewritten_per_batch(workdir: Path, monkeypatch: pyt
 
 
 def test_vectors_committed_but_not_merged_are_read_from_their_shards(workdir: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                      monkeypatch: pytest.MonkeyPatch, new_db: Path) -> None:
     """A run killed after some batches and before its merge: queries see every committed image."""
-    db = workdir / "db"
+    db = new_db
     run_index(db, first_rows(workdir, 8), workdir / "images", batch_size=4)
 
     def killed(*args: object, **kwargs: object) -> None:

@@ -6,12 +6,14 @@ import shutil
 from pathlib import Path
 
 import cv2
+import pytest
 from typer.testing import CliRunner
 
 from glueloc.cli import app
 from glueloc.synthetic import SyntheticDataset
 
 runner = CliRunner()
+pytestmark = pytest.mark.both_catalogues
 
 
 def test_query_writes_match_picture_and_map(indexed: Path, scene: SyntheticDataset, tmp_path: Path) -> None:

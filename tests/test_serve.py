@@ -127,7 +127,7 @@ def test_a_finished_index_run_is_picked_up_without_restart(workdir: Path, scene:
         assert warm.refresh() is False  # nothing committed since it opened
         run_index(db, workdir / "labels.csv", workdir / "images")
         assert service.get("/health").json()["images"] == 12  # still the snapshot it opened
-        with WriterLock(Layout.at(db).lock_path):  # a writer at work: its batches wait for its end
+        with WriterLock(Layout.at(db)):  # a writer at work: its batches wait for its end
             assert warm.refresh() is False
         assert warm.refresh() is True
         assert service.get("/health").json()["images"] == 24

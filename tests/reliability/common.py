@@ -15,8 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from glueloc.storage.audit import audit
+from glueloc.storage.catalogue import RECORD_NAME
 from glueloc.storage.layout import Layout
+from tests.helpers import sql
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,19 +61,26 @@ def index_args(csv: Path, images: Path, db: Path, batch_size: int) -> list[str]:
             "--no-progress", "--extractor", "sift"]
 
 
+def _read(db: Path, statement: str) -> list[tuple]:
+    """Rows of a read-only statement: a bound directory's catalogue through SQLAlchemy, the
+    default SQLite file opened read-only (so reading never creates it)."""
+    if (db / RECORD_NAME).exists():
+        return sql(db, statement)
+    with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:
+        return connection.execute(statement).fetchall()
+
+
 def run_count(db: Path) -> int:
     """How many runs the database has recorded (-1: no database, or no schema yet)."""
     try:
-        with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:
-            return connection.execute("select count(*) from index_runs").fetchone()[0]
-    except sqlite3.Error:
+        return _read(db, "select count(*) from index_runs")[0][0]
+    except (sqlite3.Error, SQLAlchemyError):
         return -1
 
 
 def image_names(db: Path) -> list[str]:
     """Every image row's name, duplicates kept (a duplicate is a finding)."""
-    with sqlite3.connect(f"file:{db / 'glueloc.sqlite'}?mode=ro", uri=True, timeout=30) as connection:
-        return [row[0] for row in connection.execute("select name from images")]
+    return [row[0] for row in _read(db, "select name from images")]
 
 
 def deep_audit_clean(db: Path) -> tuple[bool, list[str]]:

@@ -11,6 +11,9 @@ Writers: a second ``glueloc index`` started while the first runs, at a random mo
 and so holds the lock — is refused with one line (the writer lock), or runs after it when
 the first has already finished; never are the two interleaved. Afterwards the database audits clean
 and holds every image exactly once.
+
+Both run on the default SQLite catalogue and on PostgreSQL (tests/catalogues.py), where the
+snapshot is a REPEATABLE READ transaction and the lock also an advisory lock on the server.
 """
 
 from __future__ import annotations
@@ -29,20 +32,27 @@ from glueloc.query.localizer import Localizer
 from glueloc.storage.layout import Layout
 from tests.reliability.common import (deep_audit_clean, image_names, index_args, labels, record, run_cli, run_count,
                                       start_cli)
+from tests.catalogues import Catalogue
 from tests.reliability.conftest import copy_db
 
-pytestmark = pytest.mark.slow
+
+def suite_name(suite: str, catalogue: Catalogue) -> str:
+    """The figures' name: the SQLite run keeps the suite's own, a server's run says which."""
+    return suite if catalogue.kind == "sqlite" else f"{suite}_{catalogue.kind}"
+
+pytestmark = [pytest.mark.slow, pytest.mark.both_catalogues]
 
 ROUNDS = 6
 
 
-def test_queries_while_writing(tmp_path: Path, big_scene: SyntheticDataset, half_indexed: tuple[Path, Path]) -> None:
+def test_queries_while_writing(tmp_path: Path, big_scene: SyntheticDataset, half_indexed: tuple[Path, Path],
+                               catalogue: Catalogue) -> None:
     half_db, full_csv = half_indexed
     queries = sorted(big_scene.queries_dir.iterdir())
     counts: Counter[str] = Counter()
     problems: list[str] = []
     for round_ in range(ROUNDS):
-        db = copy_db(half_db, tmp_path / f"db{round_}")
+        db = copy_db(half_db, tmp_path / f"db{round_}", catalogue)
         writer_kind = "index" if round_ % 2 == 0 else "reindex --retrain"
         args = index_args(full_csv, big_scene.images_dir, db, 1) if writer_kind == "index" else \
             ["reindex", "--db", str(db), "--retrain"]
@@ -78,7 +88,7 @@ def test_queries_while_writing(tmp_path: Path, big_scene: SyntheticDataset, half
         counts["deep audits clean afterwards"] += int(clean)
         if not clean:
             problems.append(f"round {round_}: audit {messages[:2]}")
-    record("concurrent_queries", {"rounds": ROUNDS, **counts, "problems": problems})
+    record(suite_name("concurrent_queries", catalogue), {"rounds": ROUNDS, **counts, "problems": problems})
     print(dict(counts), problems[:3])
     assert not problems, problems[:5]
     assert counts["queries answered during index"] > 0 and counts["queries answered during reindex --retrain"] > 0
@@ -93,7 +103,7 @@ def wait_until_writing(db: Path, process: subprocess.Popen[str], timeout: float 
         time.sleep(0.02)
 
 
-def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset) -> None:
+def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset, catalogue: Catalogue) -> None:
     csv, images = big_scene.labels_csv, big_scene.images_dir
     expected = set(labels(csv))
     rng = random.Random(11)
@@ -101,7 +111,7 @@ def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset) -> None:
     problems: list[str] = []
     trials = 12
     for trial in range(trials):
-        db = tmp_path / f"db{trial}"
+        db = catalogue.bind(tmp_path / f"db{trial}")
         first = start_cli(*index_args(csv, images, db, 2))
         if trial % 4:  # trials 0, 4, 8 start both at once; the others once the first holds the lock
             wait_until_writing(db, first)
@@ -126,6 +136,6 @@ def test_two_writers(tmp_path: Path, big_scene: SyntheticDataset) -> None:
             problems.append(f"trial {trial}: exit {finish.returncode}, {len(names)} rows, audit {messages[:2]}")
         else:
             counts["databases complete and clean"] += 1
-    record("two_writers", {"trials": trials, **counts, "problems": problems})
+    record(suite_name("two_writers", catalogue), {"trials": trials, **counts, "problems": problems})
     print(dict(counts), problems[:3])
     assert not problems, problems[:5]
