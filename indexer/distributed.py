@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,7 @@ class RayExtraction:
         self.max_pixels = max_pixels
         self._ray: Any = None
         self._started_here = False
+        self._empty: tempfile.TemporaryDirectory[str] | None = None
         self.workers: list[Any] = []
         self.worker_pids: list[int] = []  # as started (a restarted worker gets a new one)
 
@@ -126,8 +128,13 @@ class RayExtraction:
         ray = _ray()
         self._ray = ray
         if not ray.is_initialized():
+            # Ray puts the driver's current directory first on every worker's sys.path unless
+            # the job has a working_dir: run from a folder holding a `glueloc` package (a
+            # checkout), the workers would import that instead of the installed glueloc. An
+            # empty working_dir keeps the workers' imports those of the installed package.
+            self._empty = tempfile.TemporaryDirectory(prefix="glueloc-ray-")
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                                      "log_to_driver": False}
+                                      "log_to_driver": False, "runtime_env": {"working_dir": self._empty.name}}
             try:
                 if self.options.address == "local":
                     ray.init(**kwargs)
@@ -157,6 +164,9 @@ class RayExtraction:
         self.workers = []
         if self._started_here:
             self._ray.shutdown()
+        if self._empty is not None:
+            self._empty.cleanup()
+            self._empty = None
 
     def batches(self, rows: list[LabelRow], batch_size: int) -> Iterator[ExtractedBatch]:
         """Extract ``rows`` in batches of ``batch_size``, yielded in CSV order as they finish.
@@ -165,6 +175,8 @@ class RayExtraction:
         code) ends the run with that error; every batch yielded before it is committed.
         """
         ray = self._ray
+        # Absolute, as every worker sees the images (at the same paths; its cwd is not ours).
+        rows = [replace(row, path=row.path.absolute()) for row in rows]
         chunks = iter([rows[i:i + batch_size] for i in range(0, len(rows), batch_size)])
         pending: deque[Any] = deque()
         window = len(self.workers) * (1 + QUEUED_PER_WORKER)
@@ -191,4 +203,5 @@ class RayExtraction:
 
 
 def as_spec(name: str, version: str | None, conf: dict | None) -> ModelSpec:
+    """The spec a worker loads, from what the database records (store_state)."""
     return ModelSpec(name=name, version=version or "", conf=dict(conf or {}))

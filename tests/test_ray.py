@@ -94,7 +94,12 @@ def assert_same_index(a: Path, b: Path) -> None:
         assert audit(Layout.at(db), deep=True).clean
 
 
-def test_a_ray_index_equals_a_single_process_index(cluster: str, workdir: Path) -> None:
+def test_a_ray_index_equals_a_single_process_index(cluster: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run from a folder holding a `glueloc` package of its own (as a checkout does): Ray puts the
+    # driver's directory first on its workers' path unless glueloc keeps it out (a CI run caught it).
+    (workdir / "elsewhere" / "glueloc").mkdir(parents=True)
+    (workdir / "elsewhere" / "glueloc" / "__init__.py").write_text("raise ImportError('not the installed glueloc')\n")
+    monkeypatch.chdir(workdir / "elsewhere")
     local = workdir / "local"
     run_index(local, workdir / "labels.csv", workdir / "images", batch_size=5)
     assert run(ray_runner(workdir / "on-ray", cluster, batch_size=5), workdir).added == 24
