@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 from collections import deque
+from itertools import cycle, islice
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -177,15 +178,10 @@ class RayExtraction:
         ray = self._ray
         # Absolute, as every worker sees the images (at the same paths; its cwd is not ours).
         rows = [replace(row, path=row.path.absolute()) for row in rows]
-        chunks = iter([rows[i:i + batch_size] for i in range(0, len(rows), batch_size)])
-        pending: deque[Any] = deque()
+        chunks = (rows[i:i + batch_size] for i in range(0, len(rows), batch_size))
+        work = zip(chunks, cycle(self.workers))  # round robin, submitted as the window frees
         window = len(self.workers) * (1 + QUEUED_PER_WORKER)
-        submitted = 0
-        for chunk in chunks:
-            pending.append(self.workers[submitted % len(self.workers)].extract.remote(chunk))
-            submitted += 1
-            if len(pending) >= window:
-                break
+        pending: deque[Any] = deque(worker.extract.remote(chunk) for chunk, worker in islice(work, window))
         while pending:
             future = pending.popleft()
             try:
@@ -195,10 +191,7 @@ class RayExtraction:
                 if isinstance(cause, GluelocError):
                     raise cause from None
                 raise GluelocError(f"a Ray extraction task failed: {' '.join(str(exc).split())[:300]}") from None
-            chunk = next(chunks, None)
-            if chunk is not None:
-                pending.append(self.workers[submitted % len(self.workers)].extract.remote(chunk))
-                submitted += 1
+            pending.extend(worker.extract.remote(chunk) for chunk, worker in islice(work, 1))
             yield batch
 
 
