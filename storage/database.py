@@ -95,15 +95,54 @@ def _check_owner(connection: Connection, layout: Layout) -> None:
                             "catalogue of its own")
 
 
+@contextmanager
+def migrating(engine: Engine) -> Iterator[tuple[Connection, Config]]:
+    """A connection in one transaction and an Alembic configuration that runs on it.
+
+    All or nothing on both catalogues: a migration that fails leaves the schema and the
+    rows as they were. On SQLite this needs an explicit BEGIN, because Python's driver
+    begins a transaction only before a data change, never before a CREATE or a DROP.
+
+    On SQLite, foreign keys are not enforced while the migrations run and are checked
+    before the commit. A batch migration changes a column by copying its table, dropping
+    the old one and renaming the copy (SQLite's own procedure for schema changes); with
+    keys enforced, dropping a table that other rows reference fails, so any migration that
+    alters such a table would fail on every database that holds data. The pragma only
+    takes effect outside a transaction, hence before ``begin``.
+    """
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()  # ends SQLAlchemy's autobegun transaction; pysqlite sent no BEGIN for a pragma
+        try:
+            with connection.begin():
+                if sqlite:  # pysqlite would run the DDL outside any transaction: a failed step would stay half-done
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                config.attributes["connection"] = connection
+                yield connection, config
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        table, row, parent, _ = broken[0]
+                        raise DatabaseError(f"migration left {len(broken)} rows whose reference is gone "
+                                            f"(first: {table} row {row} -> {parent}); nothing was changed")
+        finally:
+            if sqlite:
+                if connection.in_transaction():
+                    connection.rollback()
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+
+
 def _migrate(url: str, layout: Layout | None = None) -> str | None:
     """Run the migrations up to head on ``url`` in one transaction, checking (or claiming) the
     catalogue's owner in the same transaction; returns the revision before."""
     engine = make_engine(url)
     try:
         before = current_revision(engine)
-        config = alembic_config(url)
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
+        with migrating(engine) as (connection, config):
             command.upgrade(config, "head")
             if layout is not None:
                 _check_owner(connection, layout)

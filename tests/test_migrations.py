@@ -12,7 +12,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from glueloc.core.errors import DatabaseError
-from glueloc.storage.database import alembic_config, head_revision, make_engine, open_database, upgrade
+from glueloc.storage.audit import audit
+from glueloc.storage.database import (alembic_config, head_revision, make_engine, migrating, open_database,
+                                     upgrade)
 from glueloc.storage.layout import Layout
 from glueloc.storage.models import Base
 from tests.catalogues import Catalogue
@@ -40,8 +42,7 @@ def test_every_revision_upgrades_and_downgrades(tmp_path: Path, catalogue: Catal
     engine = make_engine(url)
     try:
         for step in (*revisions, "base", "head"):
-            with engine.begin() as connection:
-                config.attributes["connection"] = connection
+            with migrating(engine) as (_, config):
                 if step == "base":
                     command.downgrade(config, "base")
                 else:
@@ -53,6 +54,77 @@ def test_every_revision_upgrades_and_downgrades(tmp_path: Path, catalogue: Catal
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_upgrade_keeps_a_database_that_holds_data(indexed: Path) -> None:
+    """From each older revision back to head with its rows in place, as `glueloc db upgrade` does.
+
+    The empty walk above cannot catch a migration that fails on rows: 0006 first failed
+    on every indexed SQLite database (a batch table rebuild under enforced foreign keys).
+    """
+    layout = Layout.at(indexed)
+
+    def count(table: str) -> int:
+        return sql(indexed, f"select count(*) from {table}")[0][0]
+
+    images, segments = count("images"), count("vote_segments")
+    assert images > 0 and segments > 0
+    config = alembic_config(layout.url)
+    older = [script.revision for script in ScriptDirectory.from_config(config).walk_revisions()][1:]
+    engine = make_engine(layout.url)
+    try:
+        for revision in older:
+            with migrating(engine) as (_, config):
+                command.downgrade(config, revision)
+            assert upgrade(Layout.at(indexed)) == (revision, head_revision())
+            assert count("images") == images
+            if revision == older[0]:  # the step users take now: every store survives it
+                assert count("vote_segments") == segments
+                report = audit(Layout.at(indexed), deep=True)
+                assert report.clean, report.findings
+    finally:
+        engine.dispose()
+
+
+def test_failed_upgrade_changes_nothing(indexed: Path, catalogue: Catalogue) -> None:
+    """A migration that fails on SQLite leaves the schema as it was, DDL included (the driver
+    runs a CREATE outside any transaction unless told otherwise); here the foreign-key check
+    before the commit fails on a dangling reference planted with the keys off."""
+    if catalogue.kind != "sqlite":
+        pytest.skip("a server enforces foreign keys itself: no dangling row can be planted")
+    layout = Layout.at(indexed)
+    engine = make_engine(layout.url)
+    try:
+        with migrating(engine) as (_, config):
+            command.downgrade(config, "0005")
+    finally:
+        engine.dispose()
+    with sqlite3.connect(indexed / "glueloc.sqlite") as raw:  # foreign keys are off in a plain connection
+        raw.execute("update images set vote_segment_id = 99999 where id = (select min(id) from images)")
+    with pytest.raises(DatabaseError, match="reference is gone.*nothing was changed"):
+        upgrade(layout)
+    assert sql(indexed, "select version_num from alembic_version") == [("0005",)]
+    assert sql(indexed, "select name from sqlite_master where name = 'catalogue_owner'") == []
+
+
+def test_upgrade_clears_what_a_failed_0006_left(indexed: Path, catalogue: Catalogue) -> None:
+    """The first 0006 failed on indexed SQLite databases part-way, outside a transaction,
+    leaving two empty tables; the upgrade now goes through all the same."""
+    if catalogue.kind != "sqlite":
+        pytest.skip("only SQLite ran that DDL outside a transaction")
+    layout = Layout.at(indexed)
+    engine = make_engine(layout.url)
+    try:
+        with migrating(engine) as (_, config):
+            command.downgrade(config, "0005")
+    finally:
+        engine.dispose()
+    with sqlite3.connect(indexed / "glueloc.sqlite") as raw:
+        raw.execute("create table catalogue_owner (id integer primary key, directory_id varchar(64) not null, "
+                    "bound_at datetime not null)")
+        raw.execute("create table _alembic_tmp_vote_segments (id integer primary key)")
+    assert upgrade(layout) == ("0005", head_revision())
+    assert sql(indexed, "select name from sqlite_master where name like '_alembic%'") == []
 
 
 def test_upgrade_is_idempotent(tmp_path: Path, catalogue: Catalogue) -> None:

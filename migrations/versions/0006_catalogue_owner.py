@@ -25,7 +25,26 @@ branch_labels = None
 depends_on = None
 
 
+#: What the first release of this revision could leave behind on SQLite when it failed
+#: (it ran its DDL outside a transaction; ``storage.database.migrating`` now wraps it):
+#: empty tables that a complete run creates again.
+_LEFTOVERS = ("catalogue_owner", "_alembic_tmp_vote_segments", "_alembic_tmp_vote_codecs")
+
+
+def _drop_sqlite_leftovers() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name != "sqlite":
+        return
+    present = set(sa.inspect(bind).get_table_names())
+    for table in _LEFTOVERS:
+        if table in present:
+            if bind.execute(sa.text(f'select count(*) from "{table}"')).scalar_one():
+                raise RuntimeError(f"table {table} already exists and holds rows: not a leftover of revision 0006")
+            op.drop_table(table)
+
+
 def upgrade() -> None:
+    _drop_sqlite_leftovers()
     op.create_table(
         "catalogue_owner",
         sa.Column("id", sa.Integer(), primary_key=True),
