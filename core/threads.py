@@ -6,11 +6,16 @@ data gives a codebook that differs in its last bits between a 2-core laptop and
 ``OMP_NUM_THREADS=1``; a different codebook ranks differently, and everything fitted
 downstream (a calibration) then differs too. Training steps run inside
 :func:`single_threaded` so they are reproducible anywhere; queries stay multi-threaded.
+
+Queries also choose how their cores are shared (:func:`torch_threads`): on a CPU, two
+matcher pairs side by side with one thread each finish sooner than the same pairs one
+after another with two threads each (``bench/verify_speed.py``, docs/SCALE.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,3 +35,31 @@ def single_threaded() -> Iterator[None]:
             yield
     finally:
         faiss.omp_set_num_threads(previous)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which a container or taskset narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads per calling thread, then restore.
+
+    The setting is process-wide, so two blocks that overlap in time would see each
+    other's; queries of one Localizer run one at a time, so theirs do not overlap.
+    """
+    import torch  # lazy: importing this module must not import torch
+
+    previous = torch.get_num_threads()
+    if count == previous:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
@@ -104,15 +105,20 @@ DeepenOption = Annotated[int, typer.Option(
     min=0, help="Adaptive depth: when no verified candidate is 50 % likely right (calibrated databases), verify "
                 "further down the rankings, up to this many candidates in all, at most 1.5 s more "
                 "(e.g. 30; 0: never).")]
+STOP_ABOVE = 0.98  # query.localizer.QueryOptions.stop_above, spelled here for the help text (no model imports)
+VerifyAllOption = Annotated[bool, typer.Option(
+    "--verify-all", help="Verify the whole shortlist; by default a calibrated query stops once a verified "
+                         f"candidate is {STOP_ABOVE:.0%} likely right.")]
 
 
 def _query_options(k: int | None, collapse: bool, estimator: str, retrieval: str,
-                   resection: bool = True, deepen_to: int = DEEPEN_TO) -> "QueryOptions":
+                   resection: bool = True, deepen_to: int = DEEPEN_TO, verify_all: bool = False) -> "QueryOptions":
     """The query options of a command; the Localizer checks the estimator and retrieval named."""
     from glueloc.query.localizer import QueryOptions
 
-    return QueryOptions(k=k, collapse=collapse, estimator=estimator, retrieval=retrieval, resection=resection,
-                        deepen_to=deepen_to)
+    options = QueryOptions(k=k, collapse=collapse, estimator=estimator, retrieval=retrieval, resection=resection,
+                           deepen_to=deepen_to)
+    return replace(options, stop_above=None) if verify_all else options
 
 
 def _note_uncalibrated(localizer: Any, db: Path) -> None:
@@ -423,6 +429,7 @@ def query(
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
     resection: Annotated[bool, typer.Option(help=RESECTION_HELP)] = True,
     deepen_to: DeepenOption = DEEPEN_TO,
+    verify_all: VerifyAllOption = False,
     viz: Annotated[Optional[Path], typer.Option(help="Write a PNG of the matches with the best neighbour.")] = None,
     map_png: Annotated[Optional[Path], typer.Option("--map", help="Write a PNG map: db positions, neighbours, estimate.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -436,7 +443,7 @@ def query(
     from glueloc.query.localizer import Localizer
     from glueloc.viz import draw_map, save_rgb
 
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to)) as localizer:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to, verify_all)) as localizer:
         result = localizer.locate(image)
         opened = localizer.open_seconds
         if result.x is not None:  # an answer: say how it was ranked before showing it
@@ -470,6 +477,9 @@ def query(
         chance += "" if n.bearing is None else f"  seen at {n.bearing:+.1f} deg"
         typer.echo(f" {mark} {n.name}  ({n.x:.2f}, {n.y:.2f})  similarity {n.similarity:.3f}  votes {votes[n.name]}  "
                    f"inliers {n.inliers}/{n.matches}{chance}")
+    if result.skipped:
+        typer.echo(f"  stopped after {len(result.neighbours)} of {len(result.candidates)} candidates: a verified one was "
+                   "sure enough (--verify-all checks them all)")
     typer.echo("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.seconds.items()))
     typer.echo("opened in: " + ", ".join(f"{k} {v:.3f}" for k, v in opened.items()))
     for picture in (viz, map_png):
@@ -628,6 +638,7 @@ def evaluate(
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
     resection: Annotated[bool, typer.Option(help=RESECTION_HELP)] = True,
     deepen_to: DeepenOption = DEEPEN_TO,
+    verify_all: VerifyAllOption = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write metrics and per-query records here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: error histogram and map of true vs predicted.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -641,7 +652,7 @@ def evaluate(
     from glueloc.query.localizer import Localizer
 
     rows = read_labels(labels, images)
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to, verify_all)) as localizer, _progress(progress) as bar:
         _note_uncalibrated(localizer, db)
         task = bar.add_task("querying", total=len(rows))
         result = run_evaluation(localizer, rows, progress=lambda n: bar.advance(task, n))
@@ -667,6 +678,7 @@ def predict(
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP)] = DEFAULT_RETRIEVAL,
     resection: Annotated[bool, typer.Option(help=RESECTION_HELP)] = True,
     deepen_to: DeepenOption = DEEPEN_TO,
+    verify_all: VerifyAllOption = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Locate every image in FOLDER into a CSV; run again to resume after an interruption."""
@@ -674,7 +686,7 @@ def predict(
     from glueloc.query.predict import list_images, predict_folder
 
     total = len(list_images(folder))
-    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to)) as localizer, _progress(progress) as bar:
+    with Localizer(Layout.at(db), _query_options(k, collapse, estimator, retrieval, resection, deepen_to, verify_all)) as localizer, _progress(progress) as bar:
         _note_uncalibrated(localizer, db)
         task = bar.add_task("locating", total=total)
         summary = predict_folder(localizer, folder, output, progress=lambda n: bar.advance(task, n))

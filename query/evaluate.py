@@ -72,7 +72,7 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
         records.append({
             "name": row.name, "true": [row.x, row.y], "predicted": [result.x, result.y], "error": round(error, 3),
             "confidence": result.confidence, "verified": result.verified, "resected": result.resected,
-            "deepened": result.deepened, "shortlist": result.candidates,
+            "deepened": result.deepened, "skipped": result.skipped, "shortlist": result.candidates,
             "neighbours": [(n.name, n.inliers) if n.probability is None else (n.name, n.inliers, n.probability)
                            for n in result.neighbours],
             "seconds": result.seconds,
@@ -89,6 +89,9 @@ def evaluate(localizer: Localizer, rows: list[LabelRow], progress: Callable[[int
         "latency_p50_s": round(float(np.percentile(lat, 50)), 3), "latency_p95_s": round(float(np.percentile(lat, 95)), 3),
         # queries whose first k left the calibrated answer unsure, so more was verified (adaptive depth)
         "deepened": sum(1 for r in records if r.get("deepened")),
+        # queries that stopped verifying before the end of the shortlist (early stop), and the pairs verified
+        "stopped_early": sum(1 for r in records if r.get("skipped")),
+        "pairs_p50": float(np.median([len(r["neighbours"]) for r in records if "neighbours" in r] or [0])),
     }
     if errors:
         confidence = confidence_metrics(e, np.array(confidences))

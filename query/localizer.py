@@ -31,7 +31,8 @@ from glueloc.query.evidence import Estimate, Neighbour
 from glueloc.query.retrieval import (FUSED, IMAGE, RETRIEVALS, VLAD, VOTES, Candidate, collapse_ranked, interleave,
                                      retrieve)
 from glueloc.query.snapshot import DbImage, open_snapshot
-from glueloc.query.verify import verify_candidates
+from glueloc.query.stopping import StopRule, best_probability
+from glueloc.query.verify import PairThreads, verify_candidates
 from glueloc.query.votes import DescriptorVotes, ranked
 from glueloc.storage.database import open_database
 from glueloc.storage.features import FeatureReader
@@ -62,10 +63,15 @@ class Location:
     resected: bool = False  # placed by resection (query.resection), not only by the rule
     seconds: dict[str, float] = field(default_factory=dict)
     deepened: int = 0  # candidates verified past k because the first k left the answer unsure
+    skipped: int = 0  # shortlisted candidates left unverified: a verified one was already sure enough
 
 
 #: Candidates verified per step of adaptive depth (about 0.45 s of LighterGlue on 2 cores).
 DEEPEN_STEP = 5
+#: The early stop's defaults (QueryOptions.stop_above, stop_first), chosen on Getty's
+#: held-out database places: docs/SCALE.md, "Verification".
+STOP_ABOVE = 0.98
+STOP_FIRST = 2
 
 
 def _chunks(ids: list[int], size: int) -> list[list[int]]:
@@ -114,6 +120,13 @@ class QueryOptions:
     deepen_to: int = 0
     deepen_below: float = 0.5
     deepen_seconds: float = 1.5
+    # Early stop (calibrated databases, query.stopping): verify ``stop_first`` candidates,
+    # then as many at a time as run side by side, and stop once a verified candidate is at
+    # least ``stop_above`` likely right. None verifies the whole shortlist. Chosen on
+    # held-out database places the calibration did not use (bench/early_stop.py).
+    stop_above: float | None = STOP_ABOVE
+    stop_first: int = STOP_FIRST
+    workers: int | None = None  # pairs verified at once; None: one per core (query.verify.PairThreads)
 
 
 class Localizer:
@@ -121,6 +134,10 @@ class Localizer:
         self.options = options or QueryOptions()
         if self.options.retrieval not in RETRIEVALS:
             raise GluelocError(f"unknown retrieval {self.options.retrieval!r} ({', '.join(RETRIEVALS)})")
+        stop = self.options.stop_above
+        if stop is not None and stop < 0.0 or self.options.stop_first < 1 or \
+                self.options.workers is not None and self.options.workers < 1:
+            raise GluelocError("early stop needs stop_above >= 0 (None: off), stop_first >= 1 and workers >= 1")
         known = (AUTO, CALIBRATED, *ESTIMATORS)
         if self.options.estimator not in known:
             raise GluelocError(f"unknown estimator {self.options.estimator!r} ({', '.join(known)})")
@@ -150,6 +167,9 @@ class Localizer:
             self.extractor = load_recorded_extractor(self.state.extractor, self.state.extractor_version,
                                                      self.state.extractor_config)
             self.matcher = load_matcher(self.state.matcher, self.state.matcher_config)
+            self.threads = PairThreads.for_matcher(self.matcher, self.options.workers)
+            self.stopping = StopRule(self.options.stop_above if self.decision.uses_calibration else None,
+                                     self.options.stop_first, self.threads.workers)
             self.open_seconds["models"] = time.perf_counter() - clock - self.open_seconds["snapshot"]
         except BaseException:
             self.db.close()
@@ -214,14 +234,15 @@ class Localizer:
         candidates = found.candidates(found.fused(self.k))
 
         clock = time.perf_counter()
-        neighbours, pairs = self.verify(features, candidates)
+        neighbours, pairs = self.verify_until_sure(features, candidates)
+        skipped = len(candidates) - len(neighbours)  # deepening (below) happens only when none were skipped
         timings["verify"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         answer, decided, placed = self.decide(neighbours, pairs)
         timings["decide"] = time.perf_counter() - clock
         deepened = 0
-        if deepen and self._unsure(decided):
+        if deepen and not skipped and self._unsure(decided):
             clock = time.perf_counter()
             for extra in _chunks(found.fused(self.options.deepen_to, start=self.k), DEEPEN_STEP):
                 more = found.candidates(extra)
@@ -248,13 +269,30 @@ class Localizer:
             resected=placed,
             seconds={k: round(v, 4) for k, v in timings.items()},
             deepened=deepened,
+            skipped=skipped,
         )
         return location, pairs
 
     def _unsure(self, neighbours: list[Neighbour]) -> bool:
         """Whether no verified candidate is at least ``deepen_below`` likely to be right."""
-        best = max((n.probability or 0.0 for n in neighbours if n.inliers >= self.options.min_inliers), default=0.0)
+        best = best_probability([n.probability or 0.0 for n in neighbours], [n.inliers for n in neighbours],
+                                self.options.min_inliers)
         return best < self.options.deepen_below
+
+    def verify_until_sure(self, features: Features, shortlist: list[Candidate]
+                          ) -> tuple[list[Neighbour], list[InlierPoints]]:
+        """The shortlist verified in order, stopping early when ``self.stopping`` says a verified
+        candidate is sure enough (query.stopping); the neighbours verified and their pairs."""
+        neighbours: list[Neighbour] = []
+        pairs: list[InlierPoints] = []
+        for length in self.stopping.lengths(len(shortlist)):
+            checked, more = self.verify(features, shortlist[len(neighbours):length])
+            neighbours, pairs = neighbours + checked, pairs + more
+            if length < len(shortlist) and self.stopping.sure(self.calibration.model.probabilities(neighbours),
+                                                              [n.inliers for n in neighbours],
+                                                              self.options.min_inliers):
+                break
+        return neighbours, pairs
 
     def shortlist(self, features: Features, exclude: tuple[float, float] | None = None,
                   timings: dict[str, float] | None = None, embedding: np.ndarray | None = None) -> list[Candidate]:
@@ -309,7 +347,7 @@ class Localizer:
         """Every candidate verified, and the correspondences RANSAC kept for each."""
         db_images = [self.images[c.image_id] for c in candidates]
         db_features = [self.reader.features(i.shard, i.name) for i in db_images]
-        checks = verify_candidates(features, db_features, self.matcher, self.options.geometry)
+        checks = verify_candidates(features, db_features, self.matcher, self.options.geometry, self.threads)
         neighbours = [
             Neighbour(i.id, i.name, i.x, i.y, c.similarity, check.matches, check.inliers, round(check.inlier_ratio, 3))
             for i, c, check in zip(db_images, candidates, checks)

@@ -4,16 +4,22 @@ A matcher proposes correspondences; RANSAC keeps those consistent with one two-v
 geometry. The inlier count is the evidence the position estimate weighs. The
 fundamental matrix (OpenCV's USAC MAGSAC) fits any static scene seen from two
 viewpoints; a homography is offered for mostly planar scenes.
+
+Pairs are independent, so on a CPU they run side by side (:class:`PairThreads`): each
+pair's attention layers are too small to keep two cores busy with two threads, and two
+pairs with one thread each finish sooner (docs/SCALE.md has the measurement).
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from glueloc.core.threads import torch_threads, usable_cores
 from glueloc.vision.extractors.base import Features
 from glueloc.vision.matchers.base import Matcher, Matches
 
@@ -63,7 +69,32 @@ def verify_pair(query: Features, candidate: Features, matcher: Matcher, model: s
     return Verification(len(matches), inliers, inliers / len(matches), mask, matches)
 
 
+@dataclass(frozen=True)
+class PairThreads:
+    """How a query's pairs share the cores: ``workers`` pairs at once, ``threads`` torch threads each."""
+
+    workers: int
+    threads: int
+
+    @staticmethod
+    def for_matcher(matcher: Matcher, workers: int | None = None, cores: int | None = None) -> "PairThreads":
+        """One pair per core, at most ``MAX_WORKERS`` at once, the cores split among them; a
+        matcher on a GPU runs its pairs one after another (the device is shared anyway)."""
+        cores = usable_cores() if cores is None else cores
+        if not matcher.on_cpu:
+            return PairThreads(1, cores)
+        count = max(1, min(cores, MAX_WORKERS) if workers is None else workers)
+        return PairThreads(count, max(1, cores // count))
+
+
+#: More pairs at once than this only adds to the shortlist a stopping query verifies in vain.
+MAX_WORKERS = 4
+
+
 def verify_candidates(query: Features, candidates: list[Features], matcher: Matcher,
-                      model: str = "fundamental") -> list[Verification]:
-    """Verify every candidate against the query: the one call query-time code makes."""
-    return [verify_pair(query, candidate, matcher, model) for candidate in candidates]
+                      model: str = "fundamental", threads: PairThreads | None = None) -> list[Verification]:
+    """Verify every candidate against the query, in order: the one call query-time code makes."""
+    if threads is None or threads.workers == 1 or len(candidates) < 2:
+        return [verify_pair(query, candidate, matcher, model) for candidate in candidates]
+    with torch_threads(threads.threads), ThreadPoolExecutor(min(threads.workers, len(candidates))) as pool:
+        return list(pool.map(lambda candidate: verify_pair(query, candidate, matcher, model), candidates))

@@ -73,13 +73,15 @@ def test_calibration_holds_out_places_fits_and_is_used_by_queries(wide_db: Path,
     assert set(result.metrics) == {variant(r, k) for r in rules for k in (3, 4)}
     assert variant(result.rule, result.k) == min(result.metrics, key=lambda r: result.metrics[r]["mae"])
 
-    # The default estimator (auto); adaptive depth is off by default (tested below): exactly k verified.
+    # The default estimator (auto); adaptive depth is off by default (tested below).
     with Localizer(Layout.at(wide_db)) as localizer:
         assert localizer.calibration is not None and localizer.k == result.k  # the calibrated shortlist
         location = localizer.locate(first_query(wide_scene))
     probabilities = [nb.probability for nb in location.neighbours]
     assert all(p is not None and 0 <= p <= 1 for p in probabilities)
-    assert len(location.neighbours) == result.k
+    # Exactly k verified, unless a verified one was already sure enough (early stop, tested below).
+    assert len(location.neighbours) + location.skipped == result.k
+    assert location.skipped == 0 or max(probabilities) >= QueryOptions().stop_above
     if result.rule == "copy":
         assert location.confidence == pytest.approx(max(probabilities), abs=1e-3)
 
@@ -89,18 +91,46 @@ def test_adaptive_depth_verifies_further_only_when_the_calibrated_answer_is_unsu
     with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
         fitted = calibrate(localizer, OPTIONS)
     query = first_query(wide_scene)
-    always = QueryOptions(deepen_to=fitted.k + 7, deepen_below=1.01, deepen_seconds=60)  # never sure enough
+    always = QueryOptions(deepen_to=fitted.k + 7, deepen_below=1.01, deepen_seconds=60,
+                          stop_above=None)  # never sure enough; every candidate of the k verified
     with Localizer(Layout.at(wide_db), always) as localizer:
         location = localizer.locate(query)
         first_k = [c[0] for c in location.candidates[:fitted.k]]
     # Deepened in steps of 5 up to the cap: k + 7 candidates verified, the first k as without.
     assert location.deepened == 7 and len(location.neighbours) == len(location.candidates) == fitted.k + 7
     assert "deepen" in location.seconds
-    with Localizer(Layout.at(wide_db), QueryOptions(deepen_to=fitted.k + 7, deepen_below=0.0)) as localizer:
+    with Localizer(Layout.at(wide_db), QueryOptions(deepen_to=fitted.k + 7, deepen_below=0.0,
+                                                    stop_above=None)) as localizer:
         sure = localizer.locate(query)  # every answer is "sure" at 0: nothing more is verified
     assert sure.deepened == 0 and len(sure.neighbours) == fitted.k and [c[0] for c in sure.candidates] == first_k
     with Localizer(Layout.at(wide_db), replace(always, estimator="best")) as localizer:
         assert localizer.locate(query).deepened == 0  # uncalibrated: no probability to be unsure of
+
+
+def test_early_stop_verifies_a_prefix_only_when_a_verified_candidate_is_sure(wide_db: Path,
+                                                                             wide_scene: SyntheticDataset) -> None:
+    with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
+        fitted = calibrate(localizer, OPTIONS)
+    query = first_query(wide_scene)
+    with Localizer(Layout.at(wide_db), QueryOptions(stop_above=None)) as localizer:
+        full = localizer.locate(query)
+    assert full.skipped == 0 and len(full.neighbours) == len(full.candidates) == fitted.k
+    assert max(n.probability for n in full.neighbours[:1]) > 0  # something to be sure of
+    # Any verified candidate is "sure" at 0: the first pair is all that is verified.
+    with Localizer(Layout.at(wide_db), QueryOptions(stop_above=0.0, stop_first=1, workers=1)) as localizer:
+        early = localizer.locate(query)
+    assert len(early.neighbours) == 1 and early.skipped == fitted.k - 1
+    assert [c[0] for c in early.candidates] == [c[0] for c in full.candidates]  # the shortlist is still reported
+    assert early.neighbours[0].name == full.neighbours[0].name
+    assert early.neighbours[0].inliers == full.neighbours[0].inliers
+    # Never sure (above 1): the whole shortlist, the same answer as verifying all.
+    with Localizer(Layout.at(wide_db), QueryOptions(stop_above=1.01, stop_first=1, workers=2)) as localizer:
+        never = localizer.locate(query)
+    assert never.skipped == 0 and (never.x, never.y) == (full.x, full.y)
+    assert [n.inliers for n in never.neighbours] == [n.inliers for n in full.neighbours]
+    # Uncalibrated: no probability to be sure of, so nothing is skipped.
+    with Localizer(Layout.at(wide_db), QueryOptions(stop_above=0.0, stop_first=1, estimator="best")) as localizer:
+        assert localizer.locate(query).skipped == 0
 
 
 def test_uncalibrated_database_ranks_by_inliers_and_calibrated_estimator_is_refused(indexed: Path, scene) -> None:

@@ -137,6 +137,27 @@ def test_xfeat_lighterglue_recovers_homography(synthetic_pair: tuple[np.ndarray,
 
 
 @needs_xfeat_wheel
+def test_pairs_side_by_side_verify_as_one_after_another(synthetic_pair: tuple[np.ndarray, np.ndarray, np.ndarray]
+                                                        ) -> None:
+    """A query verifies its pairs in threads (query.verify.PairThreads); the matcher must give
+    each pair what it gives alone, in the shortlist's order."""
+    from glueloc.query.verify import PairThreads, verify_candidates
+    from glueloc.vision.extractors.xfeat import XFeat
+    from glueloc.vision.matchers.lightglue import LightGlue
+
+    image0, image1, _ = synthetic_pair
+    extractor = XFeat({"device": "cpu"})
+    query = extractor.extract(image0)
+    others = [extractor.extract(image) for image in (image1, _render(7), image0[:, ::-1].copy(), image1[::-1].copy())]
+    matcher = LightGlue({"features": "xfeat", "device": "cpu"})
+    alone = verify_candidates(query, others, matcher)
+    together = verify_candidates(query, others, matcher, threads=PairThreads(2, 1))
+    assert alone[0].inliers > 50
+    for a, b in zip(alone, together, strict=True):
+        assert abs(a.matches - b.matches) <= 1 and abs(a.inliers - b.inliers) <= max(2, a.inliers // 50)
+
+
+@needs_xfeat_wheel
 def test_lightglue_rejects_descriptors_of_another_extractor() -> None:
     from glueloc.vision.matchers.lightglue import LightGlue
 

@@ -147,3 +147,9 @@ def test_the_cli_and_the_api_default_to_the_same_adaptive_depth() -> None:
     from glueloc.cli import DEEPEN_TO
 
     assert DEEPEN_TO == QueryOptions().deepen_to
+
+
+def test_the_cli_help_states_the_api_early_stop() -> None:
+    from glueloc.cli import STOP_ABOVE
+
+    assert STOP_ABOVE == QueryOptions().stop_above

@@ -51,4 +51,10 @@ class Matcher(ABC):
 
     @abstractmethod
     def match(self, features0: Features, features1: Features) -> Matches:
-        """Match two images' features."""
+        """Match two images' features. Safe to call from several threads at once: a query
+        verifies pairs side by side on CPU (``query.verify``)."""
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether matching runs on the CPU cores (a query then spreads pairs over them)."""
+        return True

@@ -119,6 +119,10 @@ class LightGlue(Matcher):
         self._input_dim = int(self._variant.architecture["input_dim"])
         logger.info("LightGlue (%s) loaded from %s on %s", features, path, self._device)
 
+    @property
+    def on_cpu(self) -> bool:
+        return self._device.type == "cpu"
+
     def _adaptive(self, key: str) -> float:
         """The configured adaptive-depth/width value, or the chosen model's published one."""
         value = self.conf[key]

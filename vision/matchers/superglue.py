@@ -324,6 +324,10 @@ class SuperGlue(Matcher):
         self.device = resolve_device("auto")
         self.net = net.eval().to(self.device)
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
     def _tensors(self, features: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dim = int(self.net.conf["descriptor_dim"])
         if features.descriptors.shape[1] != dim:
