@@ -56,6 +56,16 @@ def test_every_revision_upgrades_and_downgrades(tmp_path: Path, catalogue: Catal
         engine.dispose()
 
 
+def downgrade(layout: Layout, revision: str) -> None:
+    """Take a database's catalogue down to ``revision`` with its rows (as an older glueloc left it)."""
+    engine = make_engine(layout.url)
+    try:
+        with migrating(engine) as (_, config):
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
 def test_upgrade_keeps_a_database_that_holds_data(indexed: Path) -> None:
     """From each older revision back to head with its rows in place, as `glueloc db upgrade` does.
 
@@ -71,19 +81,14 @@ def test_upgrade_keeps_a_database_that_holds_data(indexed: Path) -> None:
     assert images > 0 and segments > 0
     config = alembic_config(layout.url)
     older = [script.revision for script in ScriptDirectory.from_config(config).walk_revisions()][1:]
-    engine = make_engine(layout.url)
-    try:
-        for revision in older:
-            with migrating(engine) as (_, config):
-                command.downgrade(config, revision)
-            assert upgrade(Layout.at(indexed)) == (revision, head_revision())
-            assert count("images") == images
-            if revision == older[0]:  # the step users take now: every store survives it
-                assert count("vote_segments") == segments
-                report = audit(Layout.at(indexed), deep=True)
-                assert report.clean, report.findings
-    finally:
-        engine.dispose()
+    for revision in older:
+        downgrade(layout, revision)
+        assert upgrade(Layout.at(indexed)) == (revision, head_revision())
+        assert count("images") == images
+        if revision == older[0]:  # the step users take now: every store survives it
+            assert count("vote_segments") == segments
+            report = audit(Layout.at(indexed), deep=True)
+            assert report.clean, report.findings
 
 
 def test_failed_upgrade_changes_nothing(indexed: Path, catalogue: Catalogue) -> None:
@@ -93,12 +98,7 @@ def test_failed_upgrade_changes_nothing(indexed: Path, catalogue: Catalogue) -> 
     if catalogue.kind != "sqlite":
         pytest.skip("a server enforces foreign keys itself: no dangling row can be planted")
     layout = Layout.at(indexed)
-    engine = make_engine(layout.url)
-    try:
-        with migrating(engine) as (_, config):
-            command.downgrade(config, "0005")
-    finally:
-        engine.dispose()
+    downgrade(layout, "0005")
     with sqlite3.connect(indexed / "glueloc.sqlite") as raw:  # foreign keys are off in a plain connection
         raw.execute("update images set vote_segment_id = 99999 where id = (select min(id) from images)")
     with pytest.raises(DatabaseError, match="reference is gone.*nothing was changed"):
@@ -113,12 +113,7 @@ def test_upgrade_clears_what_a_failed_0006_left(indexed: Path, catalogue: Catalo
     if catalogue.kind != "sqlite":
         pytest.skip("only SQLite ran that DDL outside a transaction")
     layout = Layout.at(indexed)
-    engine = make_engine(layout.url)
-    try:
-        with migrating(engine) as (_, config):
-            command.downgrade(config, "0005")
-    finally:
-        engine.dispose()
+    downgrade(layout, "0005")
     with sqlite3.connect(indexed / "glueloc.sqlite") as raw:
         raw.execute("create table catalogue_owner (id integer primary key, directory_id varchar(64) not null, "
                     "bound_at datetime not null)")
