@@ -69,6 +69,10 @@ def verify_pair(query: Features, candidate: Features, matcher: Matcher, model: s
     return Verification(len(matches), inliers, inliers / len(matches), mask, matches)
 
 
+#: More pairs at once than this only adds to the shortlist a stopping query verifies in vain.
+MAX_WORKERS = 4
+
+
 @dataclass(frozen=True)
 class PairThreads:
     """How a query's pairs share the cores: ``workers`` pairs at once, ``threads`` torch threads each."""
@@ -86,9 +90,6 @@ class PairThreads:
         count = max(1, min(cores, MAX_WORKERS) if workers is None else workers)
         return PairThreads(count, max(1, cores // count))
 
-
-#: More pairs at once than this only adds to the shortlist a stopping query verifies in vain.
-MAX_WORKERS = 4
 
 
 def verify_candidates(query: Features, candidates: list[Features], matcher: Matcher,

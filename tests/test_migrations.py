@@ -122,6 +122,21 @@ def test_upgrade_clears_what_a_failed_0006_left(indexed: Path, catalogue: Catalo
     assert sql(indexed, "select name from sqlite_master where name like '_alembic%'") == []
 
 
+def test_a_table_0006_would_create_that_holds_rows_is_refused(indexed: Path, catalogue: Catalogue) -> None:
+    """Only an empty leftover is dropped; a table of that name with rows is one clear error, not a traceback."""
+    if catalogue.kind != "sqlite":
+        pytest.skip("only SQLite ran that DDL outside a transaction")
+    layout = Layout.at(indexed)
+    downgrade(layout, "0005")
+    with sqlite3.connect(indexed / "glueloc.sqlite") as raw:
+        raw.execute("create table _alembic_tmp_vote_segments (id integer primary key)")
+        raw.execute("insert into _alembic_tmp_vote_segments values (1)")
+    with pytest.raises(DatabaseError, match="holds rows: not a leftover of revision 0006"):
+        upgrade(layout)
+    assert sql(indexed, "select version_num from alembic_version") == [("0005",)]
+    assert sql(indexed, "select count(*) from _alembic_tmp_vote_segments") == [(1,)]
+
+
 def test_upgrade_is_idempotent(tmp_path: Path, catalogue: Catalogue) -> None:
     layout = Layout.at(catalogue.bind(tmp_path / "db"))
     upgrade(layout)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from glueloc.core.errors import DatabaseError
+
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
@@ -39,7 +41,8 @@ def _drop_sqlite_leftovers() -> None:
     for table in _LEFTOVERS:
         if table in present:
             if bind.execute(sa.text(f'select count(*) from "{table}"')).scalar_one():
-                raise RuntimeError(f"table {table} already exists and holds rows: not a leftover of revision 0006")
+                raise DatabaseError(f"table {table} already exists and holds rows: not a leftover of revision 0006; "
+                                    "nothing was changed")
             op.drop_table(table)
 
 
