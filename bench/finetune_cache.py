@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -23,7 +22,8 @@ sys.path.insert(0, str(REPO))
 
 from glueloc.core.labels import read_labels  # noqa: E402
 from glueloc.vision import weights as weight_files  # noqa: E402
-from glueloc.vision.embedders.efficientnet_lite import INPUT_MEAN, INPUT_STD, EfficientNetLite0  # noqa: E402
+from glueloc.vision.embedders.efficientnet_gem import network_input  # noqa: E402
+from glueloc.vision.embedders.efficientnet_lite import EfficientNetLite0  # noqa: E402
 from glueloc.vision.images import load_image  # noqa: E402
 
 
@@ -42,16 +42,10 @@ def main() -> None:
         rows = read_labels(args.data / f"{split}.csv", args.data / split)
         maps, started = [], time.perf_counter()
         for i, row in enumerate(rows):
-            rgb = load_image(row.path).rgb
-            h, w = rgb.shape[:2]
-            scale = args.max_side / max(h, w)
-            rgb = cv2.resize(rgb, (max(32, round(w * scale)), max(32, round(h * scale))), interpolation=cv2.INTER_AREA)
+            rgb = network_input(load_image(row.path).rgb, args.max_side)
             x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
             with torch.inference_mode():
-                x = (x - INPUT_MEAN) / INPUT_STD
-                x = torch.nn.functional.relu6(network._bn0(network._conv_stem(x)))
-                for block in network._blocks[: args.after + 1]:
-                    x = block(x)
+                x = network.trunk(x, until=args.after)
             maps.append(x[0].numpy().astype(np.float16))
             if i % 500 == 0:
                 print(f"{split} {i}/{len(rows)} {(time.perf_counter() - started) / (i + 1) * 1000:.1f} ms/image",

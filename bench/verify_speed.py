@@ -7,9 +7,12 @@ one pair at a time with every core, and pairs side by side with fewer threads ea
 prints wall milliseconds per pair and checks that every policy finds the same inliers
 (up to the last bits of float sums). A last row runs the pairs without point pruning,
 which a batch of pairs needs in order to run as one (kornia runs a pruning batch pair by
-pair): the floor of what batching could cost. Nothing else should run at the same time.
+pair): the floor of what batching could cost. With ``--budgets`` it also verifies the same
+pairs under the default policy with only the strongest N keypoints of each side (what
+``glueloc calibrate --match-keypoints N`` makes queries do). Nothing else should run at the
+same time.
 
-    python bench/verify_speed.py --db bench/out/getty [--queries 4]
+    python bench/verify_speed.py --db bench/out/getty [--queries 4] [--budgets 1024 768 512 384 256]
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main() -> None:
     parser.add_argument("--db", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "benchdata" / "getty")
     parser.add_argument("--queries", type=int, default=4)
+    parser.add_argument("--budgets", type=int, nargs="*", default=[],
+                        help="keypoint budgets of each side to time under the default policy")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with open(args.data / "query.csv", newline="") as handle:
@@ -79,6 +84,18 @@ def main() -> None:
                      "ms_per_pair": round(1000 * seconds / pairs, 1), "inliers_mean": round(float(np.mean(inliers)), 2),
                      "inliers_max_difference": int(np.max(np.abs(np.array(inliers) - reference)))})
         print(json.dumps(rows[-1]), flush=True)
+        default = PairThreads.for_matcher(localizer.matcher)
+        for budget in args.budgets:
+            fewer = [(query.strongest(budget), [other.strongest(budget) for other in others]) for query, others in jobs]
+            clock = time.perf_counter()
+            inliers = [v.inliers for query, others in fewer
+                       for v in verify_candidates(query, others, localizer.matcher, threads=default)]
+            seconds = time.perf_counter() - clock
+            rows.append({"workers": f"{default.workers}, strongest {budget} keypoints", "threads": default.threads,
+                         "pairs": pairs, "ms_per_pair": round(1000 * seconds / pairs, 1),
+                         "inliers_mean": round(float(np.mean(inliers)), 2),
+                         "inliers_max_difference": int(np.max(np.abs(np.array(inliers) - reference)))})
+            print(json.dumps(rows[-1]), flush=True)
     print(f"{cores} cores, {pairs} pairs of {len(jobs)} dev queries at k = {localizer.k}")
     print("| pairs at once | threads each | ms per pair | mean inliers | largest inlier difference |")
     print("|---|---|---|---|---|")

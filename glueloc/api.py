@@ -41,7 +41,7 @@ def calibrate_database(db: Path, options: CalibrationOptions | None = None, retr
     shortlist the calibration is for, and ``progress(done, total)`` follows the places.
     """
     options = options or CalibrationOptions()
-    query = QueryOptions(k=options.k_max, estimator="best", retrieval=retrieval)
+    query = QueryOptions(k=options.k_max, estimator="best", retrieval=retrieval, match_keypoints=options.match_keypoints)
     with Localizer(Layout.at(db), query) as localizer:
         return calibrate(localizer, options, progress=progress)
 

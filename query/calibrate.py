@@ -75,6 +75,9 @@ class CalibrationOptions:
     l2: float = 1.0  # ridge on the standardised logistic weights
     #: Horizontal fields of view (degrees) compared for resection; empty: no resection.
     fovs: tuple[float, ...] = tuple(range(50, 115, 5))
+    #: The strongest keypoints of each side the matcher sees, recorded so queries match alike;
+    #: None: every keypoint (a query extracts as many as the database stored).
+    match_keypoints: int | None = None
 
     @property
     def k_max(self) -> int:
@@ -107,6 +110,7 @@ class CalibrationResult:
     samples: list[HeldOut] = field(default_factory=list)
     bearings: BearingsConf | None = None  # the camera queries resect with; None: the rule alone did better
     resection: dict[str, dict[str, float | int]] = field(default_factory=dict)  # "fov<F>-<axes>" -> CV metrics
+    match_keypoints: int | None = None  # the keypoint budget of each side of a pair (None: all)
 
 
 def hold_out(localizer: Localizer, options: CalibrationOptions,
@@ -280,6 +284,9 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
     """Hold out, fit, choose, and (with ``write``) record the calibration in the database."""
     if localizer.k != options.k_max:
         raise GluelocError(f"the localizer verifies {localizer.k} candidates, the calibration needs {options.k_max}")
+    if localizer.match_keypoints != options.match_keypoints:
+        raise GluelocError(f"the localizer matches {localizer.match_keypoints} keypoints a side, "
+                           f"the calibration needs {options.match_keypoints}")
     radius = near_radius(np.array(list(localizer.positions.values()), float))
     samples = hold_out(localizer, options, progress)
     model, k, chosen, metrics, confidence, bearings, resection = fit(samples, radius, options,
@@ -297,7 +304,7 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
                                        "l2": options.l2, "features": list(FEATURES),
                                        "bearings": None if bearings is None else {"fov": bearings.fov,
                                                                                    "axes": bearings.axes},
-                                       "fovs": list(options.fovs)}
+                                       "fovs": list(options.fovs), "match_keypoints": options.match_keypoints}
         with localizer.db.session() as session, session.begin():
             row = Calibration(kind=KIND, model=model.to_json(), options=row_options,
                               metrics={"variants": metrics, "confidence": confidence, "radius": radius,
@@ -311,4 +318,4 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
         logger.info("calibration %d: k %d, rule %s, cross-validated MAE %.2f, resection %s", calibration_id, k,
                     chosen, metrics[variant(chosen, k)]["mae"], bearings)
     return CalibrationResult(calibration_id, radius, k, chosen, len(samples), metrics, confidence, model, seconds,
-                             samples, bearings, resection)
+                             samples, bearings, resection, options.match_keypoints)

@@ -43,6 +43,9 @@ class CalibrationInUse:
     sharpness: float
     k: int  # the shortlist length it was fitted with
     bearings: BearingsConf | None = None  # the camera for resection, when held-out places said it helps
+    #: The strongest keypoints of each side the matcher saw (None: all): inlier counts, and so
+    #: every probability the model gives, depend on it, so queries match with the same budget.
+    keypoints: int | None = None
 
 
 def calibration_in_use(row: Calibration | None, estimator: str, where: object) -> CalibrationInUse | None:
@@ -52,13 +55,17 @@ def calibration_in_use(row: Calibration | None, estimator: str, where: object) -
             raise DatabaseError(f"database {where} has no calibration of its current codebook: run `glueloc calibrate`")
         return None
     bearings = row.options.get("bearings")  # absent in calibrations from before resection
+    keypoints = row.options.get("match_keypoints")  # absent in calibrations that matched every keypoint
     try:
         model = RerankModel.from_json(row.model)
         camera = None if not bearings else BearingsConf(float(bearings["fov"]), str(bearings["axes"]))
+        budget = None if keypoints is None else int(keypoints)
+        if budget is not None and budget < 1:
+            raise ValueError(f"match_keypoints {budget}")
     except (KeyError, TypeError, ValueError) as exc:
         raise DatabaseError(f"calibration {row.id} cannot be used ({exc}): run `glueloc calibrate` again") from exc
     return CalibrationInUse(row.id, model, calibration_retrieval(row), str(row.options["rule"]),
-                            float(row.options["sharpness"]), int(row.options["k"]), camera)
+                            float(row.options["sharpness"]), int(row.options["k"]), camera, budget)
 
 
 @dataclass(frozen=True)

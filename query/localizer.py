@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from glueloc.core.errors import GluelocError
+from glueloc.core.interrupts import deferred_interrupts
 from glueloc.query.bearings import InlierPoints
 from glueloc.query.decide import AUTO, CALIBRATED, Decision, calibration_in_use
 from glueloc.query.estimators import ESTIMATORS
@@ -127,6 +128,9 @@ class QueryOptions:
     stop_above: float | None = STOP_ABOVE
     stop_first: int = STOP_FIRST
     workers: int | None = None  # pairs verified at once; None: one per core (query.verify.PairThreads)
+    #: The strongest keypoints of each side the matcher sees; None: the calibration's budget,
+    #: else every keypoint. A pair's cost grows faster than linearly with it (docs/SCALE.md).
+    match_keypoints: int | None = None
 
 
 class Localizer:
@@ -138,6 +142,8 @@ class Localizer:
         if stop is not None and stop < 0.0 or self.options.stop_first < 1 or \
                 self.options.workers is not None and self.options.workers < 1:
             raise GluelocError("early stop needs stop_above >= 0 (None: off), stop_first >= 1 and workers >= 1")
+        if self.options.match_keypoints is not None and self.options.match_keypoints < 1:
+            raise GluelocError(f"match_keypoints must be at least 1 (None: all), got {self.options.match_keypoints}")
         known = (AUTO, CALIBRATED, *ESTIMATORS)
         if self.options.estimator not in known:
             raise GluelocError(f"unknown estimator {self.options.estimator!r} ({', '.join(known)})")
@@ -156,17 +162,18 @@ class Localizer:
                 raise GluelocError(f"database {layout.root} has no retrieval model"
                                    + ("" if self.state.embedder else " (it was indexed without image embeddings)")
                                    + ": run `glueloc train`, or choose another --retrieval")
-            self.embedder: Embedder | None = None if self.model is None else load_recorded_embedder(
-                self.state.embedder or "", self.state.embedder_version or "", self.state.embedder_config or {})
             self.positions = snapshot.positions
             self.calibration = calibration_in_use(snapshot.calibration, self.options.estimator, layout.root)
             self.decision = Decision(self.options.estimator, self.calibration, self.options.min_inliers,
                                      self.options.resection)
             if self.decision.uncalibrated:
                 logger.info("database not calibrated: ranking candidates by inliers alone (run `glueloc calibrate`)")
-            self.extractor = load_recorded_extractor(self.state.extractor, self.state.extractor_version,
-                                                     self.state.extractor_config)
-            self.matcher = load_matcher(self.state.matcher, self.state.matcher_config)
+            with deferred_interrupts():  # models load: no KeyboardInterrupt inside native code
+                self.embedder: Embedder | None = None if self.model is None else load_recorded_embedder(
+                    self.state.embedder or "", self.state.embedder_version or "", self.state.embedder_config or {})
+                self.extractor = load_recorded_extractor(self.state.extractor, self.state.extractor_version,
+                                                         self.state.extractor_config)
+                self.matcher = load_matcher(self.state.matcher, self.state.matcher_config)
             self.threads = PairThreads.for_matcher(self.matcher, self.options.workers)
             self.stopping = StopRule(self.options.stop_above if self.decision.uses_calibration else None,
                                      self.options.stop_first, self.threads.workers)
@@ -195,6 +202,15 @@ class Localizer:
         if self.options.k is not None:
             return self.options.k
         return self.calibration.k if self.calibration is not None else 10
+
+    @property
+    def match_keypoints(self) -> int | None:
+        """The keypoint budget of each side of a pair (None: every keypoint). A query that
+        decides by the calibration matches as it was calibrated; an uncalibrated estimator
+        (and the calibration's own held-out queries) sees every keypoint unless told."""
+        if self.options.match_keypoints is not None:
+            return self.options.match_keypoints
+        return self.calibration.keypoints if self.decision.uses_calibration else None
 
     def locate(self, path: Path) -> Location:
         timings: dict[str, float] = {}
@@ -346,7 +362,9 @@ class Localizer:
     def verify(self, features: Features, candidates: list[Candidate]) -> tuple[list[Neighbour], list[InlierPoints]]:
         """Every candidate verified, and the correspondences RANSAC kept for each."""
         db_images = [self.images[c.image_id] for c in candidates]
-        db_features = [self.reader.features(i.shard, i.name) for i in db_images]
+        budget = self.match_keypoints
+        features = features.strongest(budget)
+        db_features = [self.reader.features(i.shard, i.name).strongest(budget) for i in db_images]
         checks = verify_candidates(features, db_features, self.matcher, self.options.geometry, self.threads)
         neighbours = [
             Neighbour(i.id, i.name, i.x, i.y, c.similarity, check.matches, check.inliers, round(check.inlier_ratio, 3))

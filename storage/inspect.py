@@ -53,7 +53,9 @@ def _calibration_dict(db: Database, session: Session, codebook_id: int | None,
             "near_radius": row.metrics.get("radius"),
             "cross_validated": row.metrics.get("variants", {}).get(row.options.get("variant")),
             # the camera queries resect with (None: the rule alone did better, or fitted before resection)
-            "resection": row.options.get("bearings")}
+            "resection": row.options.get("bearings"),
+            # the strongest keypoints of each image a pair matches (None: all of them)
+            "match_keypoints": row.options.get("match_keypoints")}
 
 
 def summary(db: Database, last_runs: int = 5) -> dict[str, Any]:

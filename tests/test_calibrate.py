@@ -20,6 +20,7 @@ from glueloc.query.calibrate import CalibrationOptions, HeldOut, calibrate, near
 from glueloc.query.localizer import Localizer, QueryOptions
 from glueloc.storage.layout import Layout
 from glueloc.storage.models import Calibration
+from glueloc.vision.images import load_image
 from tests.helpers import run_index, tree_digest
 
 OPTIONS = CalibrationOptions(places=14, shortlists=(3, 4), seed=0)
@@ -292,3 +293,39 @@ def test_calibration_fits_where_dealing_by_index_would_leave_a_fold_one_sided() 
         samples.append(HeldOut(f"q{i}", float(i), 0.0, neighbours, 0.1))
     _, labels, probabilities = _cross_validate(samples, 1.0, CalibrationOptions(), 4)
     assert [p.shape for p in probabilities] == [y.shape for y in labels]
+
+
+def test_a_keypoint_budget_is_calibrated_recorded_and_matched_by_queries(wide_db: Path, wide_scene) -> None:
+    """``calibrate --match-keypoints N``: held-out pairs see the strongest N keypoints of each
+    image, the row records N, and calibrated queries match with N (their inlier counts are what
+    the model was fitted on); an uncalibrated estimator sees every keypoint; a bad row is an error."""
+    import sqlite3
+
+    budget = 40
+    result = CliRunner().invoke(app, ["calibrate", "--db", str(wide_db), "--places", "14", "--k", "3", "--k", "4",
+                                      "--match-keypoints", str(budget), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"matching the {budget} strongest keypoints" in result.output
+    shown = json.loads(CliRunner().invoke(app, ["inspect", "--db", str(wide_db), "--json"]).stdout)
+    assert shown["calibration"]["match_keypoints"] == budget
+    query = first_query(wide_scene)
+    with Localizer(Layout.at(wide_db)) as localizer:
+        assert localizer.calibration.keypoints == budget and localizer.match_keypoints == budget
+        features = localizer.extractor.extract(load_image(query).rgb)
+        assert len(features) > budget  # otherwise the budget would change nothing
+        location, pairs = localizer.locate_with_evidence(query.name, features)
+        strongest = {tuple(p) for p in features.strongest(budget).keypoints.tolist()}
+    assert location.neighbours and all(n.matches <= budget for n in location.neighbours)
+    assert all({tuple(p) for p in pair.query.tolist()} <= strongest for pair in pairs)
+    with Localizer(Layout.at(wide_db), QueryOptions(estimator="best")) as localizer:
+        assert localizer.match_keypoints is None
+        everything = localizer.locate(query)
+    assert max(n.matches for n in everything.neighbours) > budget  # every keypoint: more matches
+    with Localizer(Layout.at(wide_db), QueryOptions(match_keypoints=7)) as localizer:
+        assert localizer.match_keypoints == 7  # an explicit budget wins
+    with pytest.raises(GluelocError, match="match_keypoints"):
+        Localizer(Layout.at(wide_db), QueryOptions(match_keypoints=0))
+    with sqlite3.connect(wide_db / "glueloc.sqlite") as connection:
+        connection.execute("update calibrations set options = json_set(options, '$.match_keypoints', 0)")
+    with pytest.raises(GluelocError, match="cannot be used"):
+        Localizer(Layout.at(wide_db))

@@ -105,3 +105,28 @@ def test_other_unraisable_errors_go_to_the_previous_hook(monkeypatch: pytest.Mon
     del victim
     assert len(passed_on) == 1 and isinstance(passed_on[0].exc_value, ValueError)
     assert not _wait_for_interrupt(0.3)
+
+
+def test_a_ctrl_c_while_a_localizer_loads_its_models_stops_after_loading(monkeypatch: pytest.MonkeyPatch,
+                                                                        indexed) -> None:
+    """Every query command (query, evaluate, calibrate, serve) opens a Localizer: a Ctrl-C while
+    its models load must wait until they have loaded, then stop the command as usual."""
+    from glueloc.query import localizer as localizer_module
+    from glueloc.query.localizer import Localizer
+    from glueloc.storage.layout import Layout
+
+    real = localizer_module.load_matcher
+    loaded: list[str] = []
+
+    def interrupted_load(name: str, conf: Any = None) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler has run by now: it must not have raised inside the load
+        matcher = real(name, conf)
+        loaded.append(name)
+        return matcher
+
+    monkeypatch.setattr(localizer_module, "load_matcher", interrupted_load)
+    with pytest.raises(KeyboardInterrupt):
+        Localizer(Layout.at(indexed))
+    assert len(loaded) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -136,6 +136,36 @@ def test_xfeat_lighterglue_recovers_homography(synthetic_pair: tuple[np.ndarray,
     assert np.all(f_big.keypoints >= 0) and np.all(f_big.keypoints <= f_big.image_size)
 
 
+def test_strongest_keeps_the_best_scored_keypoints_in_order() -> None:
+    features = Features(np.arange(10, dtype=np.float32).reshape(5, 2), np.array([0.2, 0.9, 0.1, 0.9, 0.5], np.float32),
+                        np.eye(5, 4, dtype=np.float32), (32, 24))
+    top = features.strongest(3)
+    assert top.scores.tolist() == pytest.approx([0.9, 0.9, 0.5])
+    assert top.keypoints.tolist() == [[2, 3], [6, 7], [8, 9]]  # ties keep their order
+    assert np.array_equal(top.descriptors, features.descriptors[[1, 3, 4]]) and top.image_size == (32, 24)
+    assert features.strongest(None) is features and features.strongest(5) is features
+    with pytest.raises(ValueError, match="positive"):
+        features.strongest(0)
+
+
+@needs_xfeat_wheel
+def test_a_keypoint_budget_still_recovers_the_geometry(synthetic_pair: tuple[np.ndarray, np.ndarray, np.ndarray]
+                                                       ) -> None:
+    """What ``calibrate --match-keypoints`` trades: half of XFeat's keypoints, fewer matches,
+    the same homography."""
+    from glueloc.vision.extractors.xfeat import XFeat
+    from glueloc.vision.matchers.lightglue import LightGlue
+
+    image0, image1, homography = synthetic_pair
+    extractor = XFeat({"device": "cpu"})
+    f0, f1 = extractor.extract(image0), extractor.extract(image1)
+    half0, half1 = f0.strongest(len(f0) // 2), f1.strongest(len(f1) // 2)
+    matcher = LightGlue({"features": "xfeat", "device": "cpu"})
+    fewer, every = matcher.match(half0, half1), matcher.match(f0, f1)
+    assert 0 < len(fewer) < len(every)
+    _check_geometry(half0, half1, fewer, homography)
+
+
 @needs_xfeat_wheel
 def test_pairs_side_by_side_verify_as_one_after_another(synthetic_pair: tuple[np.ndarray, np.ndarray, np.ndarray]
                                                         ) -> None:

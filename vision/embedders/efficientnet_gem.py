@@ -27,6 +27,16 @@ from glueloc.vision import weights as weight_files
 logger = logging.getLogger(__name__)
 
 
+def network_input(rgb: np.ndarray, max_side: float) -> np.ndarray:
+    """(H, W, 3) uint8 RGB resized so that its longer side is ``max_side`` (at least 32 px a
+    side): the image the network sees. Shared with bench/finetune_cache.py, whose cached
+    activations must be those of exactly this input."""
+    height, width = rgb.shape[:2]
+    scale = float(max_side) / max(height, width)
+    size = (max(32, round(width * scale)), max(32, round(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
 class EfficientNetGeM:
     name: ClassVar[str] = "effnet-lite0-gem"
     version: ClassVar[str] = "1"  # bump when the output for the same image changes
@@ -57,10 +67,7 @@ class EfficientNetGeM:
     def embed(self, rgb: np.ndarray) -> np.ndarray:
         import torch
 
-        height, width = rgb.shape[:2]
-        scale = float(self.conf["max_side"]) / max(height, width)
-        size = (max(32, round(width * scale)), max(32, round(height * scale)))
-        resized = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        resized = network_input(rgb, float(self.conf["max_side"]))
         image = torch.from_numpy(np.ascontiguousarray(resized)).to(self._device)
         image = image.permute(2, 0, 1)[None].float().div_(255.0)
         p = float(self.conf["gem_p"])

@@ -101,13 +101,20 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = _bn(HEAD_CHANNELS)
         self._fc = nn.Linear(HEAD_CHANNELS, 1000)
 
-    def features(self, rgb: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> (B, 1280, H/32, W/32) activations of the head."""
+    def trunk(self, rgb: torch.Tensor, until: int | None = None) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> the activations after block ``until`` (None: the last).
+
+        Separate from :meth:`features` because fine-tuning only the top blocks starts from
+        these activations, computed once (bench/finetune_cache.py)."""
         x = (rgb - INPUT_MEAN) / INPUT_STD
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        for block in self._blocks if until is None else self._blocks[: until + 1]:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return x
+
+    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 1280, H/32, W/32) activations of the head."""
+        return F.relu6(self._bn1(self._conv_head(self.trunk(rgb))))
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (used only to check that the weights load into the right network)."""

@@ -50,6 +50,17 @@ class Features:
     def __len__(self) -> int:
         return len(self.keypoints)
 
+    def strongest(self, count: int | None) -> "Features":
+        """The ``count`` highest-scoring keypoints (all when None or when there are no more),
+        best first: how a query gives the matcher fewer points, since a learned matcher's cost
+        grows faster than linearly with them (docs/SCALE.md)."""
+        if count is None or count >= len(self):
+            return self
+        if count < 1:
+            raise ValueError(f"a keypoint budget must be positive, got {count}")
+        order = np.argsort(-self.scores, kind="stable")[:count]
+        return Features(self.keypoints[order], self.scores[order], self.descriptors[order], self.image_size)
+
 
 class Extractor(ABC):
     """Base class of local-feature extractors (see the module docstring for the contract)."""
