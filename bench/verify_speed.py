@@ -61,41 +61,33 @@ def main() -> None:
             jobs.append((features, [localizer.reader.features(i.shard, i.name) for i in shortlist]))
         pairs = sum(len(others) for _, others in jobs)
         verify_candidates(jobs[0][0], jobs[0][1][:2], localizer.matcher)  # warm-up: first-call allocations
-        rows, reference = [], None
-        for policy in policies:
+        rows: list[dict] = []
+        reference: list[int] = []
+
+        def timed(workers: object, matcher: object, threads: PairThreads | None, of: list = jobs) -> None:
+            """Verify every pair of ``of`` once under ``threads``; one row, compared with the first policy's inliers."""
             clock = time.perf_counter()
-            inliers = [v.inliers for query, others in jobs
-                       for v in verify_candidates(query, others, localizer.matcher, threads=policy)]
+            inliers = [v.inliers for query, others in of
+                       for v in verify_candidates(query, others, matcher, threads=threads)]
             seconds = time.perf_counter() - clock
-            reference = inliers if reference is None else reference
-            rows.append({"workers": policy.workers, "threads": policy.threads, "pairs": pairs,
+            reference[:] = reference or inliers
+            rows.append({"workers": workers, "threads": cores if threads is None else threads.threads, "pairs": pairs,
                          "ms_per_pair": round(1000 * seconds / pairs, 1),
                          "inliers_mean": round(float(np.mean(inliers)), 2),
                          "inliers_max_difference": int(np.max(np.abs(np.array(inliers) - reference)))})
             print(json.dumps(rows[-1]), flush=True)
+
+        for policy in policies:
+            timed(policy.workers, localizer.matcher, policy)
         # What a true batch would start from: a batch runs as one only without point pruning
         # (kornia runs a pruning batch pair by pair), so its pairs cost at least this each.
         whole = load_matcher(localizer.state.matcher, {**localizer.state.matcher_config, "width_confidence": -1})
         verify_candidates(jobs[0][0], jobs[0][1][:2], whole)
-        clock = time.perf_counter()
-        inliers = [v.inliers for query, others in jobs for v in verify_candidates(query, others, whole)]
-        seconds = time.perf_counter() - clock
-        rows.append({"workers": "1, no point pruning", "threads": cores, "pairs": pairs,
-                     "ms_per_pair": round(1000 * seconds / pairs, 1), "inliers_mean": round(float(np.mean(inliers)), 2),
-                     "inliers_max_difference": int(np.max(np.abs(np.array(inliers) - reference)))})
-        print(json.dumps(rows[-1]), flush=True)
+        timed("1, no point pruning", whole, None)
         default = PairThreads.for_matcher(localizer.matcher)
         for budget in args.budgets:
             fewer = [(query.strongest(budget), [other.strongest(budget) for other in others]) for query, others in jobs]
-            clock = time.perf_counter()
-            inliers = [v.inliers for query, others in fewer
-                       for v in verify_candidates(query, others, localizer.matcher, threads=default)]
-            seconds = time.perf_counter() - clock
-            rows.append({"workers": f"{default.workers}, strongest {budget} keypoints", "threads": default.threads,
-                         "pairs": pairs, "ms_per_pair": round(1000 * seconds / pairs, 1),
-                         "inliers_mean": round(float(np.mean(inliers)), 2),
-                         "inliers_max_difference": int(np.max(np.abs(np.array(inliers) - reference)))})
-            print(json.dumps(rows[-1]), flush=True)
+            timed(f"{default.workers}, strongest {budget} keypoints", localizer.matcher, default, fewer)
     print(f"{cores} cores, {pairs} pairs of {len(jobs)} dev queries at k = {localizer.k}")
     print("| pairs at once | threads each | ms per pair | mean inliers | largest inlier difference |")
     print("|---|---|---|---|---|")

@@ -498,7 +498,7 @@ def calibrate(
     retrieval: Annotated[str, typer.Option(help=RETRIEVAL_HELP + " Queries drawing it so use the fit.")] = DEFAULT_RETRIEVAL,
     match_keypoints: Annotated[Optional[int], typer.Option(
         min=1, help="Match only the strongest N keypoints of each image; queries then do the same "
-                    "(fewer is faster: 512 of XFeat's 1024 makes a pair about 3x cheaper) [default: all].")] = None,
+                    "(fewer is faster: on Getty a pair took 62 instead of 147 ms at 512 of XFeat's 1024; docs/SCALE.md) [default: all].")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
