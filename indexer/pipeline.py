@@ -50,7 +50,6 @@ from sqlalchemy.orm import Session
 
 from glueloc.core.version import __version__
 from glueloc.core.errors import BadImageError, DatabaseError, GluelocError, StorageWriteError
-from glueloc.core.interrupts import deferred_interrupts
 from glueloc.vision.embedders import Embedder, load_embedder, load_recorded_embedder
 from glueloc.vision.extractors import Extractor, load_extractor
 from glueloc.vision.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image, sha256_file
@@ -265,8 +264,7 @@ class IndexRunner:
     def _run_locked(self, db: Database, rows: list[LabelRow], images_dir: Path, arguments: dict) -> IndexSummary:
         started = time.perf_counter()
         with db.session() as session, session.begin():
-            with deferred_interrupts():  # models load: no KeyboardInterrupt inside native code
-                state, extractor, embedder = _open_state(db, session, self.options)
+            state, extractor, embedder = _open_state(db, session, self.options)
             removed = collect_garbage(db, session)
             run = IndexRun(
                 command="index",

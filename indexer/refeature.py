@@ -20,7 +20,6 @@ from pathlib import Path
 from sqlalchemy import select
 
 from glueloc.core.errors import BadImageError
-from glueloc.core.interrupts import deferred_interrupts
 from glueloc.vision.embedders import Embedder, load_recorded_embedder
 from glueloc.vision.extractors import load_recorded_extractor
 from glueloc.vision.images import load_image
@@ -77,12 +76,11 @@ def rebuild_damaged_shards(db: Database, run_id: int) -> list[ShardRepair]:
                 missing.append(str(exc))
                 continue
             if extractor is None:  # the first image to re-extract: load the models, once
-                with deferred_interrupts():  # no KeyboardInterrupt inside native code while they load
-                    extractor = load_recorded_extractor(state.extractor, state.extractor_version,
-                                                        state.extractor_config)
-                    if state.embedder is not None:
-                        embedder = load_recorded_embedder(state.embedder, state.embedder_version or "",
-                                                          state.embedder_config or {})
+                extractor = load_recorded_extractor(state.extractor, state.extractor_version,
+                                                    state.extractor_config)
+                if state.embedder is not None:
+                    embedder = load_recorded_embedder(state.embedder, state.embedder_version or "",
+                                                      state.embedder_config or {})
             embedding = None if embedder is None else embedder.embed(image.rgb)
             entries.append(ShardEntry(row.name, extractor.extract(image.rgb), embedding))
         if missing:

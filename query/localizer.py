@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from glueloc.core.errors import GluelocError
-from glueloc.core.interrupts import deferred_interrupts
 from glueloc.query.bearings import InlierPoints
 from glueloc.query.decide import AUTO, CALIBRATED, Decision, calibration_in_use
 from glueloc.query.estimators import ESTIMATORS
@@ -168,12 +167,11 @@ class Localizer:
                                      self.options.resection)
             if self.decision.uncalibrated:
                 logger.info("database not calibrated: ranking candidates by inliers alone (run `glueloc calibrate`)")
-            with deferred_interrupts():  # models load: no KeyboardInterrupt inside native code
-                self.embedder: Embedder | None = None if self.model is None else load_recorded_embedder(
-                    self.state.embedder or "", self.state.embedder_version or "", self.state.embedder_config or {})
-                self.extractor = load_recorded_extractor(self.state.extractor, self.state.extractor_version,
-                                                         self.state.extractor_config)
-                self.matcher = load_matcher(self.state.matcher, self.state.matcher_config)
+            self.embedder: Embedder | None = None if self.model is None else load_recorded_embedder(
+                self.state.embedder or "", self.state.embedder_version or "", self.state.embedder_config or {})
+            self.extractor = load_recorded_extractor(self.state.extractor, self.state.extractor_version,
+                                                     self.state.extractor_config)
+            self.matcher = load_matcher(self.state.matcher, self.state.matcher_config)
             self.threads = PairThreads.for_matcher(self.matcher, self.options.workers)
             self.stopping = StopRule(self.options.stop_above if self.decision.uses_calibration else None,
                                      self.options.stop_first, self.threads.workers)

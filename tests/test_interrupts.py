@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,26 +108,72 @@ def test_other_unraisable_errors_go_to_the_previous_hook(monkeypatch: pytest.Mon
     assert not _wait_for_interrupt(0.3)
 
 
+def test_a_model_is_built_with_interrupts_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vision.registry.instantiate builds every model (extractors, matchers, embedders): a
+    signal while one builds is raised once it is built, never inside its construction."""
+    from glueloc.vision import registry
+
+    built: list[dict] = []
+
+    class Model:
+        def __init__(self, conf: dict) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler has run by now: it must not have raised here
+            built.append(conf)
+
+    monkeypatch.setattr(registry, "resolve", lambda kind, table, name: Model)
+    with pytest.raises(KeyboardInterrupt):
+        registry.instantiate("matcher", {}, "model", {"a": 1})
+    assert built == [{"a": 1}]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _interrupting_resolve(monkeypatch: pytest.MonkeyPatch, kind: str) -> list[str]:
+    """Make the real models of ``kind`` send this process a SIGINT as they start building."""
+    from glueloc.vision import registry
+
+    real = registry.resolve
+    loaded: list[str] = []
+
+    def resolve(which: str, table: Any, name: str) -> Any:
+        cls = real(which, table, name)
+        if which != kind:
+            return cls
+
+        def build(conf: dict) -> Any:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            model = cls(conf)
+            loaded.append(name)
+            return model
+
+        return build
+
+    monkeypatch.setattr(registry, "resolve", resolve)
+    return loaded
+
+
 def test_a_ctrl_c_while_a_localizer_loads_its_models_stops_after_loading(monkeypatch: pytest.MonkeyPatch,
                                                                         indexed) -> None:
     """Every query command (query, evaluate, calibrate, serve) opens a Localizer: a Ctrl-C while
-    its models load must wait until they have loaded, then stop the command as usual."""
-    from glueloc.query import localizer as localizer_module
+    its models load must wait until the model has loaded, then stop the command as usual."""
     from glueloc.query.localizer import Localizer
     from glueloc.storage.layout import Layout
 
-    real = localizer_module.load_matcher
-    loaded: list[str] = []
-
-    def interrupted_load(name: str, conf: Any = None) -> Any:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.2)  # the handler has run by now: it must not have raised inside the load
-        matcher = real(name, conf)
-        loaded.append(name)
-        return matcher
-
-    monkeypatch.setattr(localizer_module, "load_matcher", interrupted_load)
+    loaded = _interrupting_resolve(monkeypatch, "matcher")
     with pytest.raises(KeyboardInterrupt):
         Localizer(Layout.at(indexed))
     assert len(loaded) == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_while_match_loads_its_models_stops_after_loading(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """``glueloc match`` builds its models itself (query.pair), not through a Localizer."""
+    from glueloc.query.pair import match_files
+    from glueloc.vision.pipelines import get_pipeline
+
+    loaded = _interrupting_resolve(monkeypatch, "extractor")
+    with pytest.raises(KeyboardInterrupt):
+        match_files(tmp_path / "a.png", tmp_path / "b.png", get_pipeline("sift"))
+    assert len(loaded) == 1

@@ -2,6 +2,10 @@
 
 The learned models pull in torch and kornia (seconds of import time); a SIFT database
 never needs them, so each entry names its module and is imported on first use.
+
+Every model glueloc builds is built here, so this is where a Ctrl-C or SIGTERM is held
+back while torch imports and weights load (core.interrupts): raised inside that native
+code it can abort the process or be lost, raised after it the command stops cleanly.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from glueloc.core.errors import GluelocError
+from glueloc.core.interrupts import deferred_interrupts
 
 T = TypeVar("T")
 
@@ -42,4 +47,7 @@ def resolve(kind: str, table: Mapping[str, str], name: str) -> type:
 
 
 def instantiate(kind: str, table: Mapping[str, str], name: str, conf: Mapping[str, Any] | None) -> Any:
-    return resolve(kind, table, name)(dict(conf or {}))
+    """The named model built with ``conf``: its module imported and its weights loaded with
+    interrupts held, so that one arriving meanwhile stops the command right after."""
+    with deferred_interrupts():
+        return resolve(kind, table, name)(dict(conf or {}))
