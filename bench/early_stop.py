@@ -109,18 +109,30 @@ def summary(errors: list[float], pairs: list[int]) -> dict:
             "pairs_mean": round(float(np.mean(pairs)), 2), "pairs_median": float(np.median(pairs))}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def held_out_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a bench that replays rules on held-out places (this one and bench/screen.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--db", type=Path, required=True)
     parser.add_argument("--places", type=int, default=150)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--save", type=Path, default=None)
     parser.add_argument("--load", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    with Localizer(Layout.at(args.db), QueryOptions(deepen_to=0, stop_above=None)) as localizer:
-        if localizer.calibration is None:
-            raise SystemExit("error: the database has no calibration: run `glueloc calibrate` first")
+    return parser
+
+
+def calibrated_localizer(db: Path) -> Localizer:
+    """A Localizer that verifies the calibration's whole shortlist, never stopping or deepening."""
+    localizer = Localizer(Layout.at(db), QueryOptions(deepen_to=0, stop_above=None))
+    if localizer.calibration is None:
+        localizer.close()
+        raise SystemExit("error: the database has no calibration: run `glueloc calibrate` first")
+    return localizer
+
+
+def main() -> None:
+    args = held_out_parser(__doc__.splitlines()[0]).parse_args()
+    with calibrated_localizer(args.db) as localizer:
         k = localizer.k
         if args.load:
             samples = pickle.loads(args.load.read_bytes())

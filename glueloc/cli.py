@@ -548,6 +548,7 @@ def _print_calibration(result: "CalibrationResult") -> None:
         typer.echo(f" {mark} {name:14s} MAE {m['mae']:.2f}  median {m['median']:.2f}  within 2 {m['within_2']:.0%}  "
                    f"> 20 units {m['gross_failures']}")
     typer.echo(_resection_line(result))
+    typer.echo(_early_stop_line(result))
     c = result.confidence
     typer.echo(f"confidence: MAE of the most confident 50 % {c['mae_top_50']:.2f}, 80 % {c['mae_top_80']:.2f}, "
                f"all {c['mae_top_100']:.2f}; Spearman(confidence, error) {c['spearman_confidence_error']:.2f}")
@@ -589,6 +590,16 @@ def _resection_line(result: "CalibrationResult") -> str:
         return f"resection: not used (best camera {best}: MAE {m['mae']:.2f}, the rule alone {plain:.2f})"
     return (f"resection: {resection_variant(result.bearings)} (horizontal field of view in degrees, map axes): "
             f"MAE {m['mae']:.2f}  median {m['median']:.2f}  within 2 {m['within_2']:.0%} (the rule alone {plain:.2f})")
+
+
+def _early_stop_line(result: "CalibrationResult") -> str:
+    """One line: whether queries may stop verifying early, from the stop replayed on held-out places."""
+    check = result.early_stop
+    if check is None:
+        return "early stop: not checked"
+    verdict = "allowed" if check.allowed else "off (it cost accuracy here)"
+    return (f"early stop: {verdict}; held-out MAE {check.stopped['mae']:.2f} stopping at p >= {check.rule.above:g} "
+            f"({check.pairs_mean:g} pairs on average) against {check.full['mae']:.2f} verifying all {result.k}")
 
 
 @app.command()
@@ -762,6 +773,7 @@ def demo(
                    f"MAE {fitted.metrics[chosen]['mae']:.2f} (most inliers of the top {shortest}: "
                    f"{fitted.metrics[plain]['mae']:.2f})")
         typer.echo(_resection_line(fitted))
+        typer.echo(_early_stop_line(fitted))
     else:
         typer.echo(f"not calibrated: {places} places are fewer than the {MIN_PLACES} calibration needs")
     with Localizer(layout) as localizer:

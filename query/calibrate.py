@@ -41,12 +41,13 @@ from glueloc.core.errors import GluelocError
 from glueloc.core.places import near_radius
 from glueloc.query.bearings import InlierPoints
 from glueloc.query.evaluate import confidence_metrics, error_metrics
-from glueloc.query.localizer import Localizer
+from glueloc.query.localizer import STOP_ABOVE, STOP_FIRST, Localizer
 from glueloc.query.evidence import Neighbour
 from glueloc.query.rules import estimate_ranked
 from glueloc.query.sightings import BearingsConf, sightings
 from glueloc.query.resection import MAP_AXES, resect
 from glueloc.query.rerank import FEATURES, KIND, RerankModel, candidate_features, fit_model
+from glueloc.query.stopping import StopRule, stop_point
 from glueloc.storage.models import Calibration
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,30 @@ class CalibrationResult:
     bearings: BearingsConf | None = None  # the camera queries resect with; None: the rule alone did better
     resection: dict[str, dict[str, float | int]] = field(default_factory=dict)  # "fov<F>-<axes>" -> CV metrics
     match_keypoints: int | None = None  # the keypoint budget of each side of a pair (None: all)
+    early_stop: StopCheck | None = None  # the stop replayed on the held-out places
+
+
+@dataclass(frozen=True)
+class StopCheck:
+    """Early stop (query.stopping) replayed on the calibration's own held-out places.
+
+    The stop trusts the calibrated probability: a model that is sure too soon makes every
+    query stop after a pair or two. Whether that holds is a property of the database (on
+    Getty's held-out places it cost nothing; in a small synthetic room, out-of-fold, it
+    more than doubled the error), so each calibration measures it and allows it only where
+    it is no worse than verifying the whole shortlist: neither its MAE nor its count of
+    gross failures may grow.
+    """
+
+    allowed: bool
+    rule: StopRule
+    full: dict[str, float | int]  # out-of-fold metrics verifying all k
+    stopped: dict[str, float | int]  # the same answers had each query stopped where the rule says
+    pairs_mean: float  # pairs the stopping queries verified, on average
+
+    def to_json(self) -> dict[str, Any]:
+        return {"allowed": self.allowed, "above": self.rule.above, "first": self.rule.first, "step": self.rule.step,
+                "full": self.full, "stopped": self.stopped, "pairs_mean": self.pairs_mean}
 
 
 def hold_out(localizer: Localizer, options: CalibrationOptions,
@@ -279,6 +304,48 @@ def fit(samples: Sequence[HeldOut], radius: float, options: CalibrationOptions, 
     return model, int(k), name, metrics, confidences[best], bearings, resection
 
 
+def _placed_error(sample: HeldOut, length: int, model: RerankModel, rule_name: str, radius: float,
+                  bearings: BearingsConf | None, min_inliers: int) -> float:
+    """The error of the answer a query gives from its first ``length`` verified candidates:
+    the rule on the model's probabilities, then resection when a camera is chosen."""
+    neighbours, pairs = sample.neighbours[:length], sample.pairs[:length]
+    rule, sharpness = rule_of(rule_name)
+    answer = estimate_ranked(neighbours, model.probabilities(neighbours), rule, sharpness, radius, min_inliers)
+    if answer is None:
+        return float("inf")
+    x, y = answer.x, answer.y
+    if bearings is not None:
+        seen = [one for _, one in sightings(answer, neighbours, pairs, bearings.fov, radius, min_inliers)]
+        solution = resect(seen, (answer.x, answer.y), radius, bearings.axes)
+        if solution is not None:
+            x, y = solution.x, solution.y
+    return abs(x - sample.x) + abs(y - sample.y)
+
+
+def check_early_stop(samples: Sequence[HeldOut], k: int, rule_name: str, radius: float, bearings: BearingsConf | None,
+                     options: CalibrationOptions, min_inliers: int, stop: StopRule) -> StopCheck:
+    """Replay ``stop`` on every held-out place with the model of the folds that did not see it
+    (as ``fit`` chose the rule), and compare with verifying all ``k``."""
+    shorter = [replace(s, neighbours=s.neighbours[:k], pairs=s.pairs[:k]) for s in samples if s.neighbours]
+    features, labels = _design(shorter, radius, min_inliers)
+    folds = stratified_folds(labels, options.folds)
+    full, stopped, lengths = [], [], []
+    for fold in np.unique(folds):
+        train = folds != fold
+        model = fit_model(np.concatenate([f for f, t in zip(features, train) if t]),
+                          np.concatenate([y for y, t in zip(labels, train) if t]), radius, min_inliers, options.l2)
+        for i in np.where(~train)[0]:
+            sample = shorter[i]
+            length = stop_point(stop, [n.inliers for n in sample.neighbours],
+                                lambda m, s=sample: model.probabilities(s.neighbours[:m]), min_inliers)
+            full.append(_placed_error(sample, len(sample.neighbours), model, rule_name, radius, bearings, min_inliers))
+            stopped.append(_placed_error(sample, length, model, rule_name, radius, bearings, min_inliers))
+            lengths.append(length)
+    whole, early = error_metrics(np.array(full)), error_metrics(np.array(stopped))
+    allowed = early["mae"] <= whole["mae"] and early["gross_failures"] <= whole["gross_failures"]
+    return StopCheck(bool(allowed), stop, whole, early, round(float(np.mean(lengths)), 2))
+
+
 def calibrate(localizer: Localizer, options: CalibrationOptions,
               progress: Callable[[int, int], None] | None = None, write: bool = True) -> CalibrationResult:
     """Hold out, fit, choose, and (with ``write``) record the calibration in the database."""
@@ -292,6 +359,9 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
     model, k, chosen, metrics, confidence, bearings, resection = fit(samples, radius, options,
                                                                      localizer.options.min_inliers)
     rule, sharpness = rule_of(chosen)
+    # The stop a query would use: the default threshold, as many pairs a step as run side by side.
+    stopping = check_early_stop(samples, k, chosen, radius, bearings, options, localizer.options.min_inliers,
+                                StopRule(STOP_ABOVE, STOP_FIRST, localizer.threads.workers))
     seconds = float(np.median([s.seconds for s in samples]))
     calibration_id = None
     if write:
@@ -304,7 +374,8 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
                                        "l2": options.l2, "features": list(FEATURES),
                                        "bearings": None if bearings is None else {"fov": bearings.fov,
                                                                                    "axes": bearings.axes},
-                                       "fovs": list(options.fovs), "match_keypoints": options.match_keypoints}
+                                       "fovs": list(options.fovs), "match_keypoints": options.match_keypoints,
+                                       "early_stop": stopping.to_json()}
         with localizer.db.session() as session, session.begin():
             row = Calibration(kind=KIND, model=model.to_json(), options=row_options,
                               metrics={"variants": metrics, "confidence": confidence, "radius": radius,
@@ -318,4 +389,4 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
         logger.info("calibration %d: k %d, rule %s, cross-validated MAE %.2f, resection %s", calibration_id, k,
                     chosen, metrics[variant(chosen, k)]["mae"], bearings)
     return CalibrationResult(calibration_id, radius, k, chosen, len(samples), metrics, confidence, model, seconds,
-                             samples, bearings, resection, options.match_keypoints)
+                             samples, bearings, resection, options.match_keypoints, stopping)

@@ -46,6 +46,10 @@ class CalibrationInUse:
     #: The strongest keypoints of each side the matcher saw (None: all): inlier counts, and so
     #: every probability the model gives, depend on it, so queries match with the same budget.
     keypoints: int | None = None
+    #: Whether a query may stop verifying once a candidate looks sure (query.stopping): the
+    #: calibration replays the stop on its held-out places and allows it only if it cost
+    #: nothing there. Calibrations from before that check allowed it.
+    early_stop: bool = True
 
 
 def calibration_in_use(row: Calibration | None, estimator: str, where: object) -> CalibrationInUse | None:
@@ -56,16 +60,20 @@ def calibration_in_use(row: Calibration | None, estimator: str, where: object) -
         return None
     bearings = row.options.get("bearings")  # absent in calibrations from before resection
     keypoints = row.options.get("match_keypoints")  # absent in calibrations that matched every keypoint
+    stopping = row.options.get("early_stop")  # absent in calibrations from before the stop was checked
     try:
         model = RerankModel.from_json(row.model)
         camera = None if not bearings else BearingsConf(float(bearings["fov"]), str(bearings["axes"]))
         budget = None if keypoints is None else int(keypoints)
         if budget is not None and budget < 1:
             raise ValueError(f"match_keypoints {budget}")
+        allowed = True if stopping is None else stopping["allowed"]
+        if not isinstance(allowed, bool):
+            raise ValueError(f"early_stop {stopping!r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise DatabaseError(f"calibration {row.id} cannot be used ({exc}): run `glueloc calibrate` again") from exc
     return CalibrationInUse(row.id, model, calibration_retrieval(row), str(row.options["rule"]),
-                            float(row.options["sharpness"]), int(row.options["k"]), camera, budget)
+                            float(row.options["sharpness"]), int(row.options["k"]), camera, budget, allowed)
 
 
 @dataclass(frozen=True)

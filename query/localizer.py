@@ -123,7 +123,9 @@ class QueryOptions:
     # Early stop (calibrated databases, query.stopping): verify ``stop_first`` candidates,
     # then as many at a time as run side by side, and stop once a verified candidate is at
     # least ``stop_above`` likely right. None verifies the whole shortlist. Chosen on
-    # held-out database places the calibration did not use (bench/early_stop.py).
+    # held-out database places the calibration did not use (bench/early_stop.py); each
+    # calibration also replays it on its own held-out places and turns it off where it
+    # cost accuracy (query.calibrate.check_early_stop).
     stop_above: float | None = STOP_ABOVE
     stop_first: int = STOP_FIRST
     workers: int | None = None  # pairs verified at once; None: one per core (query.verify.PairThreads)
@@ -173,7 +175,9 @@ class Localizer:
                                                      self.state.extractor_config)
             self.matcher = load_matcher(self.state.matcher, self.state.matcher_config)
             self.threads = PairThreads.for_matcher(self.matcher, self.options.workers)
-            self.stopping = StopRule(self.options.stop_above if self.decision.uses_calibration else None,
+            # Only a calibration whose held-out places showed the stop costs nothing allows it.
+            stops = self.decision.uses_calibration and self.calibration.early_stop
+            self.stopping = StopRule(self.options.stop_above if stops else None,
                                      self.options.stop_first, self.threads.workers)
             self.open_seconds["models"] = time.perf_counter() - clock - self.open_seconds["snapshot"]
         except BaseException:

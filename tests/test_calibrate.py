@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 from glueloc.cli import app
 from glueloc.core.errors import GluelocError
 from glueloc.synthetic import SyntheticDataset, write_dataset
-from glueloc.query.calibrate import CalibrationOptions, HeldOut, calibrate, near_radius, variant
-from glueloc.query.localizer import Localizer, QueryOptions
+from glueloc.query.calibrate import (CalibrationOptions, HeldOut, calibrate, check_early_stop, near_radius,
+                                     resection_variant, variant)
+from glueloc.query.localizer import STOP_ABOVE, STOP_FIRST, Localizer, QueryOptions
+from glueloc.query.stopping import StopRule
 from glueloc.storage.layout import Layout
 from glueloc.storage.models import Calibration
 from glueloc.vision.images import load_image
@@ -112,6 +114,7 @@ def test_early_stop_verifies_a_prefix_only_when_a_verified_candidate_is_sure(wid
                                                                              wide_scene: SyntheticDataset) -> None:
     with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
         fitted = calibrate(localizer, OPTIONS)
+    allow_early_stop(wide_db, True)  # whatever its held-out places said: this tests the mechanism
     query = first_query(wide_scene)
     with Localizer(Layout.at(wide_db), QueryOptions(stop_above=None)) as localizer:
         full = localizer.locate(query)
@@ -132,6 +135,55 @@ def test_early_stop_verifies_a_prefix_only_when_a_verified_candidate_is_sure(wid
     # Uncalibrated: no probability to be sure of, so nothing is skipped.
     with Localizer(Layout.at(wide_db), QueryOptions(stop_above=0.0, stop_first=1, estimator="best")) as localizer:
         assert localizer.locate(query).skipped == 0
+
+
+def allow_early_stop(db: Path, allowed: object) -> None:
+    """Overwrite what the calibration row says of early stop (a JSON value)."""
+    import sqlite3
+
+    with sqlite3.connect(db / "glueloc.sqlite") as connection:
+        connection.execute("update calibrations set options = json_set(options, '$.early_stop.allowed', json(?))",
+                           (json.dumps(allowed),))
+
+
+def test_calibration_replays_early_stop_and_queries_stop_only_where_it_allowed(wide_db: Path,
+                                                                                wide_scene: SyntheticDataset) -> None:
+    """Early stop trusts the calibrated probability; each calibration replays it on its own
+    held-out places, out of fold, and records whether it cost accuracy there."""
+    with Localizer(Layout.at(wide_db), QueryOptions(k=OPTIONS.k_max, estimator="best")) as localizer:
+        fitted = calibrate(localizer, OPTIONS)
+        workers = localizer.threads.workers
+    check = fitted.early_stop
+    assert check is not None and (check.rule.above, check.rule.first, check.rule.step) == (STOP_ABOVE, STOP_FIRST,
+                                                                                            workers)
+    assert check.allowed == (check.stopped["mae"] <= check.full["mae"]
+                             and check.stopped["gross_failures"] <= check.full["gross_failures"])
+    # Verifying all k it is exactly the cross-validation that chose the rule and the camera.
+    chosen = (fitted.metrics[variant(fitted.rule, fitted.k)] if fitted.bearings is None
+              else fitted.resection[resection_variant(fitted.bearings)])
+    assert check.full == chosen
+    assert 1 <= check.pairs_mean <= fitted.k
+    with Localizer(Layout.at(wide_db), QueryOptions(estimator="best")) as localizer, localizer.db.session() as session:
+        recorded = session.scalars(select(Calibration)).one().options["early_stop"]
+    assert recorded == check.to_json()
+    radius = fitted.model.radius
+    replay = (fitted.samples, fitted.k, fitted.rule, radius, fitted.bearings, OPTIONS, 15)
+    never = check_early_stop(*replay, StopRule(None, STOP_FIRST, 2))  # never stops: the same answers
+    assert never.allowed and never.stopped == never.full == check.full and never.pairs_mean == fitted.k
+    first = check_early_stop(*replay, StopRule(0.0, 1, 1))  # stops at the first verified candidate
+    assert first.full == check.full and first.pairs_mean < fitted.k
+
+    query = first_query(wide_scene)
+    eager = QueryOptions(stop_above=0.0, stop_first=1, workers=1)
+    allow_early_stop(wide_db, False)
+    with Localizer(Layout.at(wide_db), eager) as localizer:
+        assert localizer.locate(query).skipped == 0  # not allowed: the whole shortlist is verified
+    allow_early_stop(wide_db, True)
+    with Localizer(Layout.at(wide_db), eager) as localizer:
+        assert localizer.locate(query).skipped == fitted.k - 1
+    allow_early_stop(wide_db, "yes")  # a damaged row is one clear error
+    with pytest.raises(GluelocError, match="cannot be used"):
+        Localizer(Layout.at(wide_db))
 
 
 def test_uncalibrated_database_ranks_by_inliers_and_calibrated_estimator_is_refused(indexed: Path, scene) -> None:
