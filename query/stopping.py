@@ -6,7 +6,9 @@ near radius of the query (``query.rerank``). Once one of them is almost surely r
 rest of the shortlist rarely changes the answer, so a query may stop there. How sure is
 "almost surely", and how many pairs are verified before stopping is considered, were
 chosen on held-out database places (``bench/early_stop.py``, docs/SCALE.md), not on
-development queries. An uncalibrated database has no such probability and verifies all k.
+development queries; each calibration also replays the stop on its own held-out places
+and turns it off where it cost accuracy there (query.calibrate.check_early_stop). An
+uncalibrated database has no such probability and verifies all k.
 """
 
 from __future__ import annotations
