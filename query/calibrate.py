@@ -30,7 +30,7 @@ calibration of the current codebook.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -252,18 +252,25 @@ def stratified_folds(labels: Sequence[np.ndarray], folds: int) -> np.ndarray:
     return assigned
 
 
-def _cross_validate(samples: Sequence[HeldOut], radius: float, options: CalibrationOptions, min_inliers: int
-                    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Out-of-fold probabilities for every sample, plus the design they came from."""
-    features, labels = _design(samples, radius, min_inliers)
+def _fold_models(features: Sequence[np.ndarray], labels: Sequence[np.ndarray], radius: float,
+                 options: CalibrationOptions, min_inliers: int) -> Iterator[tuple[np.ndarray, RerankModel]]:
+    """For each fold of the held-out places: the indices of its places, and the model fitted
+    on all the other folds (what those places are judged by, out of fold)."""
     folds = stratified_folds(labels, options.folds)
-    probabilities: list[np.ndarray] = [np.zeros(0)] * len(samples)
     for fold in np.unique(folds):
         train = folds != fold
         x = np.concatenate([f for f, t in zip(features, train) if t])
         y = np.concatenate([y for y, t in zip(labels, train) if t])
-        model = fit_model(x, y, radius, min_inliers, options.l2)
-        for i in np.where(~train)[0]:
+        yield np.where(~train)[0], fit_model(x, y, radius, min_inliers, options.l2)
+
+
+def _cross_validate(samples: Sequence[HeldOut], radius: float, options: CalibrationOptions, min_inliers: int
+                    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Out-of-fold probabilities for every sample, plus the design they came from."""
+    features, labels = _design(samples, radius, min_inliers)
+    probabilities: list[np.ndarray] = [np.zeros(0)] * len(samples)
+    for held, model in _fold_models(features, labels, radius, options, min_inliers):
+        for i in held:
             probabilities[i] = model.predict(features[i])
     return features, labels, probabilities
 
@@ -328,18 +335,16 @@ def check_early_stop(samples: Sequence[HeldOut], k: int, rule_name: str, radius:
     (as ``fit`` chose the rule), and compare with verifying all ``k``."""
     shorter = [replace(s, neighbours=s.neighbours[:k], pairs=s.pairs[:k]) for s in samples if s.neighbours]
     features, labels = _design(shorter, radius, min_inliers)
-    folds = stratified_folds(labels, options.folds)
     full, stopped, lengths = [], [], []
-    for fold in np.unique(folds):
-        train = folds != fold
-        model = fit_model(np.concatenate([f for f, t in zip(features, train) if t]),
-                          np.concatenate([y for y, t in zip(labels, train) if t]), radius, min_inliers, options.l2)
-        for i in np.where(~train)[0]:
+    for held, model in _fold_models(features, labels, radius, options, min_inliers):
+        for i in held:
             sample = shorter[i]
             length = stop_point(stop, [n.inliers for n in sample.neighbours],
                                 lambda m, s=sample: model.probabilities(s.neighbours[:m]), min_inliers)
             full.append(_placed_error(sample, len(sample.neighbours), model, rule_name, radius, bearings, min_inliers))
-            stopped.append(_placed_error(sample, length, model, rule_name, radius, bearings, min_inliers))
+            # A query that did not stop answers as one that verified everything.
+            stopped.append(full[-1] if length == len(sample.neighbours) else
+                           _placed_error(sample, length, model, rule_name, radius, bearings, min_inliers))
             lengths.append(length)
     whole, early = error_metrics(np.array(full)), error_metrics(np.array(stopped))
     allowed = early["mae"] <= whole["mae"] and early["gross_failures"] <= whole["gross_failures"]
