@@ -87,7 +87,7 @@ def main() -> None:
     clock = time.perf_counter()
     full = fit(samples, radius, options, min_inliers)
     full_fit_seconds = time.perf_counter() - clock
-    model, k, rule_name, metrics, _, bearings, _ = full
+    model, k, rule_name, metrics, bearings = full.model, full.k, full.rule, full.metrics, full.bearings
     print(f"fit on all {len(samples)}: {variant(rule_name, k)}, camera {bearings}, CV MAE "
           f"{metrics[variant(rule_name, k)]['mae']:.2f}; fit {full_fit_seconds:.0f} s")
 
@@ -101,7 +101,8 @@ def main() -> None:
                 continue
             train = pool[:n]
             clock = time.perf_counter()
-            model, k, rule_name, metrics, _, bearings, _ = fit(train, radius, replace(options, places=n), min_inliers)
+            part = fit(train, radius, replace(options, places=n), min_inliers)
+            model, k, rule_name, metrics, bearings = part.model, part.k, part.rule, part.metrics, part.bearings
             seconds = time.perf_counter() - clock
             errors = answer_errors(test, model, k, rule_name, bearings, radius, min_inliers)
             rows.append({"repeat": repeat, "places": n, "chosen": variant(rule_name, k),

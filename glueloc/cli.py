@@ -531,7 +531,7 @@ def _calibration_summary(result: "CalibrationResult") -> dict[str, Any]:
             "weights": dict(zip(result.model.features, [round(float(w), 3) for w in result.model.weights])),
             "median_seconds_per_place": round(result.seconds_per_place, 3),
             "resection": None if result.bearings is None else {"fov": result.bearings.fov, "axes": result.bearings.axes},
-            "resection_variants": result.resection}
+            "resection_variants": result.resection, "choice": result.choice}
 
 
 def _print_calibration(result: "CalibrationResult") -> None:
@@ -547,6 +547,7 @@ def _print_calibration(result: "CalibrationResult") -> None:
         mark = "*" if name == chosen else " "
         typer.echo(f" {mark} {name:14s} MAE {m['mae']:.2f}  median {m['median']:.2f}  within 2 {m['within_2']:.0%}  "
                    f"> 20 units {m['gross_failures']}")
+    typer.echo(_choice_line(result))
     typer.echo(_resection_line(result))
     typer.echo(_early_stop_line(result))
     c = result.confidence
@@ -577,6 +578,23 @@ def _calibration_line(status: "CalibrationStatus", db: Path) -> str:
             f"{status.images}: queries still use it; refit with `glueloc calibrate --db {db}`")
 
 
+def _choice_line(result: "CalibrationResult") -> str:
+    """One line: whether the lowest held-out MAE beat most inliers beyond chance, and so was kept."""
+    from glueloc.query.calibrate import variant
+
+    choice = result.choice
+    if not choice:
+        return "rule: not compared with most inliers"
+    lowest, baseline = choice["lowest"], choice["baseline"]
+    if lowest == baseline:
+        return f"rule: most inliers ({baseline}) had the lowest held-out MAE"
+    mae = choice["answered"]
+    verdict = "kept" if variant(result.rule, result.k) == lowest else f"not shown better: queries use {baseline}"
+    return (f"rule: {lowest} against most inliers {baseline}, each with the camera it keeps: held-out MAE "
+            f"{mae[lowest]:.2f} against {mae[baseline]:.2f}, one-sided paired p = {choice['p_value']:.3f} "
+            f"(needs < {choice['significance']:g}); {verdict}")
+
+
 def _resection_line(result: "CalibrationResult") -> str:
     """One line: the camera calibration chose for resection, or why it chose none."""
     from glueloc.query.calibrate import resection_variant, variant
@@ -587,9 +605,12 @@ def _resection_line(result: "CalibrationResult") -> str:
     best = min(result.resection, key=lambda v: result.resection[v]["mae"])
     m = result.resection[best]
     if result.bearings is None:
-        return f"resection: not used (best camera {best}: MAE {m['mae']:.2f}, the rule alone {plain:.2f})"
+        p_value = result.choice.get("resection_p_value", 1.0)
+        why = f", not better beyond chance: p = {p_value:.3f}" if m["mae"] < plain else ""
+        return f"resection: not used (best camera {best}: MAE {m['mae']:.2f}, the rule alone {plain:.2f}{why})"
     return (f"resection: {resection_variant(result.bearings)} (horizontal field of view in degrees, map axes): "
-            f"MAE {m['mae']:.2f}  median {m['median']:.2f}  within 2 {m['within_2']:.0%} (the rule alone {plain:.2f})")
+            f"MAE {m['mae']:.2f}  median {m['median']:.2f}  within 2 {m['within_2']:.0%} (the rule alone {plain:.2f}, "
+            f"p = {result.choice.get('resection_p_value', 1.0):.3f})")
 
 
 def _early_stop_line(result: "CalibrationResult") -> str:
@@ -597,7 +618,14 @@ def _early_stop_line(result: "CalibrationResult") -> str:
     check = result.early_stop
     if check is None:
         return "early stop: not checked"
-    verdict = "allowed" if check.allowed else "off (it cost accuracy here)"
+    from glueloc.query.calibrate import STOP_EVIDENCE
+
+    if check.allowed:
+        verdict = "allowed"
+    elif check.fired < STOP_EVIDENCE:
+        verdict = f"off (it fired on {check.fired} held-out places; it needs {STOP_EVIDENCE})"
+    else:
+        verdict = "off (it cost accuracy here)"
     return (f"early stop: {verdict}; held-out MAE {check.stopped['mae']:.2f} stopping at p >= {check.rule.above:g} "
             f"({check.pairs_mean:g} pairs on average) against {check.full['mae']:.2f} verifying all {result.k}")
 
@@ -772,6 +800,7 @@ def demo(
         typer.echo(f"calibrated on {fitted.held_out} held-out places: k {fitted.k}, rule {fitted.rule}, cross-validated "
                    f"MAE {fitted.metrics[chosen]['mae']:.2f} (most inliers of the top {shortest}: "
                    f"{fitted.metrics[plain]['mae']:.2f})")
+        typer.echo(_choice_line(fitted))
         typer.echo(_resection_line(fitted))
         typer.echo(_early_stop_line(fitted))
     else:

@@ -125,7 +125,7 @@ class QueryOptions:
     # least ``stop_above`` likely right. None verifies the whole shortlist. Chosen on
     # held-out database places the calibration did not use (bench/early_stop.py); each
     # calibration also replays it on its own held-out places and turns it off where it
-    # cost accuracy (query.calibrate.check_early_stop).
+    # cost accuracy or fired too rarely to tell (query.calibrate.check_early_stop).
     stop_above: float | None = STOP_ABOVE
     stop_first: int = STOP_FIRST
     workers: int | None = None  # pairs verified at once; None: one per core (query.verify.PairThreads)

@@ -67,6 +67,10 @@ def candidate_features(neighbours: Sequence[Neighbour], radius: float, min_inlie
     ], axis=1)
 
 
+#: A feature whose spread over the held-out candidates is below this is constant (fit_model).
+CONSTANT_SPREAD = 1e-6
+
+
 def sigmoid(t: np.ndarray) -> np.ndarray:
     """The logistic function, written with tanh so that large |t| cannot overflow."""
     return 0.5 * (1.0 + np.tanh(0.5 * t))
@@ -134,7 +138,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int 
 def fit_model(x: np.ndarray, y: np.ndarray, radius: float, min_inliers: int, l2: float = 1.0) -> RerankModel:
     mean = x.mean(0)
     scale = x.std(0)
-    scale[scale < 1e-9] = 1.0  # a constant column carries no evidence; keep it finite
+    # A column that does not vary carries no evidence; it keeps weight 0 (centred, unscaled).
+    # "Does not vary" includes float32 rounding: every feature is of order 1, and a spread
+    # below CONSTANT_SPREAD is noise. Standardising noise to unit spread would let a query
+    # whose value differs in earnest (by 0.1, say) move the logit by 10^6: in a small room
+    # the database's own VLAD similarities were all -1/(N-1) give or take 5e-8, because
+    # PCA-whitening fitted on N images makes them a regular simplex (vision.vlad), and
+    # every real query's candidates then came out 0 or 1.
+    constant = scale < CONSTANT_SPREAD
+    scale[constant] = 1.0
+    x = np.where(constant, mean, x)
     with single_threaded():  # the same held-out evidence gives the same model on any machine
         weights, bias = fit_logistic((x - mean) / scale, y.astype(float), l2)
     return RerankModel(FEATURES, mean, scale, weights, bias, radius, min_inliers)

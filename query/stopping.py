@@ -7,7 +7,8 @@ rest of the shortlist rarely changes the answer, so a query may stop there. How 
 "almost surely", and how many pairs are verified before stopping is considered, were
 chosen on held-out database places (``bench/early_stop.py``, docs/SCALE.md), not on
 development queries; each calibration also replays the stop on its own held-out places
-and turns it off where it cost accuracy there (query.calibrate.check_early_stop). An
+and turns it off where it cost accuracy there, or fired too rarely to tell
+(query.calibrate.check_early_stop). An
 uncalibrated database has no such probability and verifies all k.
 """
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from glueloc.cli import app
 from glueloc.core.errors import GluelocError
 from glueloc.synthetic import SyntheticDataset, write_dataset
-from glueloc.query.calibrate import (CalibrationOptions, HeldOut, calibrate, check_early_stop, near_radius,
-                                     resection_variant, variant)
+from glueloc.query.calibrate import (SIGNIFICANCE, STOP_EVIDENCE, CalibrationOptions, HeldOut, better_p, calibrate,
+                                     check_early_stop, near_radius, resection_variant, variant)
 from glueloc.query.localizer import STOP_ABOVE, STOP_FIRST, Localizer, QueryOptions
 from glueloc.query.stopping import StopRule
 from glueloc.storage.layout import Layout
@@ -56,6 +56,20 @@ def calibrations(db: Path) -> int:
         return session.scalar(select(func.count()).select_from(Calibration))
 
 
+def test_a_lower_held_out_error_counts_only_beyond_chance() -> None:
+    """12 places where one rule wins by luck must not replace most inliers; a consistent
+    win over 300 places must; identical answers are no evidence at all."""
+    rng = np.random.default_rng(3)
+    baseline = rng.exponential(5.0, 12)
+    lucky = baseline + rng.normal(0.0, 3.0, 12)
+    lucky += baseline.mean() - lucky.mean() - 0.6  # 0.6 lower on average, by noise alone
+    assert better_p(lucky, baseline) >= SIGNIFICANCE
+    many = rng.exponential(5.0, 300)
+    assert better_p(many * 0.9, many) < 0.001
+    assert better_p(many * 1.1, many) > 0.99  # worse is not better
+    assert better_p(many, many) == 1.0
+
+
 def test_near_radius_is_the_90th_percentile_of_neighbour_spacing() -> None:
     grid = np.array([(x, y) for x in range(0, 10, 2) for y in range(0, 10, 2)], float)
     assert near_radius(np.repeat(grid, 3, axis=0)) == 2.0  # views sharing a point do not count
@@ -74,7 +88,11 @@ def test_calibration_holds_out_places_fits_and_is_used_by_queries(wide_db: Path,
         assert len(sample.neighbours) == OPTIONS.k_max and (sample.x, sample.y) in positions
     rules = {"inliers", "copy", "mean-p1", "median-p1", "median-p2", "median-p4", "inliers-mean-2"}
     assert set(result.metrics) == {variant(r, k) for r in rules for k in (3, 4)}
-    assert variant(result.rule, result.k) == min(result.metrics, key=lambda r: result.metrics[r]["mae"])
+    # The lowest held-out MAE is kept only if it beats the best "most inliers" variant beyond chance.
+    lowest = min(result.metrics, key=lambda r: result.metrics[r]["mae"])
+    baseline = min((v for v in result.metrics if v.startswith("inliers@")), key=lambda r: result.metrics[r]["mae"])
+    assert (result.choice["lowest"], result.choice["baseline"]) == (lowest, baseline)
+    assert variant(result.rule, result.k) == (lowest if result.choice["p_value"] < SIGNIFICANCE else baseline)
 
     # The default estimator (auto); adaptive depth is off by default (tested below).
     with Localizer(Layout.at(wide_db)) as localizer:
@@ -156,7 +174,7 @@ def test_calibration_replays_early_stop_and_queries_stop_only_where_it_allowed(w
     check = fitted.early_stop
     assert check is not None and (check.rule.above, check.rule.first, check.rule.step) == (STOP_ABOVE, STOP_FIRST,
                                                                                             workers)
-    assert check.allowed == (check.stopped["mae"] <= check.full["mae"]
+    assert check.allowed == (check.fired >= STOP_EVIDENCE and check.stopped["mae"] <= check.full["mae"]
                              and check.stopped["gross_failures"] <= check.full["gross_failures"])
     # Verifying all k it is exactly the cross-validation that chose the rule and the camera.
     chosen = (fitted.metrics[variant(fitted.rule, fitted.k)] if fitted.bearings is None
@@ -168,10 +186,14 @@ def test_calibration_replays_early_stop_and_queries_stop_only_where_it_allowed(w
     assert recorded == check.to_json()
     radius = fitted.model.radius
     replay = (fitted.samples, fitted.k, fitted.rule, radius, fitted.bearings, OPTIONS, 15)
-    never = check_early_stop(*replay, StopRule(None, STOP_FIRST, 2))  # never stops: the same answers
-    assert never.allowed and never.stopped == never.full == check.full and never.pairs_mean == fitted.k
+    # Never stopping gives the same answers, and is no evidence that stopping costs nothing.
+    never = check_early_stop(*replay, StopRule(None, STOP_FIRST, 2))
+    assert never.stopped == never.full == check.full and never.pairs_mean == fitted.k
+    assert never.fired == 0 and not never.allowed
     first = check_early_stop(*replay, StopRule(0.0, 1, 1))  # stops at the first verified candidate
-    assert first.full == check.full and first.pairs_mean < fitted.k
+    assert first.full == check.full and first.pairs_mean < fitted.k and first.fired >= STOP_EVIDENCE
+    assert first.allowed == (first.stopped["mae"] <= first.full["mae"]
+                             and first.stopped["gross_failures"] <= first.full["gross_failures"])
 
     query = first_query(wide_scene)
     eager = QueryOptions(stop_above=0.0, stop_first=1, workers=1)
@@ -269,9 +291,10 @@ def test_calibration_chooses_the_camera_for_resection_on_held_out_places(wide_db
     plain = result.metrics[variant(result.rule, result.k)]["mae"]
     best = min(result.resection, key=lambda v: result.resection[v]["mae"])
     if result.bearings is None:
-        assert result.resection[best]["mae"] >= plain
+        assert result.resection[best]["mae"] >= plain or result.choice["resection_p_value"] >= SIGNIFICANCE
     else:
         assert resection_variant(result.bearings) == best and result.resection[best]["mae"] < plain
+        assert result.choice["resection_p_value"] < SIGNIFICANCE
         # the synthetic room's labels have y up, as on a map; mirrored axes must not be chosen
         assert result.bearings.axes == "y-up"
     query = first_query(wide_scene)

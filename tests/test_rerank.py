@@ -57,3 +57,21 @@ def test_model_round_trips_through_json_and_refuses_other_features() -> None:
     stale = dict(model.to_json(), features=["log_inliers"])
     with pytest.raises(ValueError, match="calibration uses features"):
         RerankModel.from_json(stale)
+
+
+def test_a_column_constant_but_for_rounding_gets_no_weight() -> None:
+    """Held-out candidates whose similarity differed only by float32 rounding (in a small
+    room every database pair was -1/(N-1) after in-sample whitening) must not make a
+    query's candidates, whose similarities do differ, come out 0 or 1."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, len(FEATURES)))
+    gap = FEATURES.index("similarity_gap")
+    x[:, gap] = -0.0063 + rng.normal(scale=5e-8, size=300)
+    y = rng.random(300) < 1 / (1 + np.exp(-x[:, 0]))
+    model = fit_model(x, y, radius=5.0, min_inliers=15)
+    assert model.weights[gap] == 0.0 and model.scale[gap] == 1.0
+    query = x[:5].copy()
+    moved = query.copy()
+    moved[:, gap] = -0.4  # a real query's candidate, far below the top hit
+    np.testing.assert_allclose(model.predict(moved), model.predict(query))
+    assert 0.01 < model.predict(query).min() and model.predict(query).max() < 0.99
