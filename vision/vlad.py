@@ -169,6 +169,11 @@ def _train_codebook(descriptor_sets: Iterable[np.ndarray], conf: Mapping[str, An
     kmeans.train(np.ascontiguousarray(sample))
     centroids = kmeans.centroids.astype(np.float32)
     codebook = VLADCodebook(conf=dict(conf), centroids=centroids, pca_matrix=None, pca_bias=None)
+    # With N <= pca_dim + 1 training images, whitening onto N - 1 components maps those N
+    # images onto a regular simplex: any two of them have similarity -1 / (N - 1). New
+    # photos are ranked as well as ever, but a database photo held out by `glueloc
+    # calibrate` is not; query.rerank ignores the constant column that leaves (docs/SCALE.md,
+    # "What made calibrated queries sure too soon").
     out_dim = min(int(conf["pca_dim"]), len(sets) - 1, codebook.dim)
     if int(conf["pca_dim"]) > 0 and out_dim >= 8:
         raws = np.stack([codebook._raw(s) for s in sets])  # already single-threaded (train_codebook)
