@@ -109,6 +109,18 @@ def summary(errors: list[float], pairs: list[int]) -> dict:
             "pairs_mean": round(float(np.mean(pairs)), 2), "pairs_median": float(np.median(pairs))}
 
 
+def print_table(rows: dict[str, dict], rule: str, pairs: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
+    """The rows as a markdown table: the rule, the error columns of :func:`summary`, the pairs
+    (called ``pairs``), then each ``extra`` (header, format of a row's fields)."""
+    headers = [rule, "MAE", "median", "within 2", "> 20", f"{pairs} mean", f"{pairs} median", *(h for h, _ in extra)]
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    for name, r in rows.items():
+        cells = [name, r["mae"], r["median"], r["within_2"], r["over_20"], r["pairs_mean"], f"{r['pairs_median']:g}",
+                 *(f.format(**r) for _, f in extra)]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
 def held_out_parser(description: str) -> argparse.ArgumentParser:
     """The options of a bench that replays rules on held-out places (this one and bench/screen.py)."""
     parser = argparse.ArgumentParser(description=description)
@@ -161,11 +173,7 @@ def main() -> None:
             rows[f"step 2, p >= {above}, from 2, {places} near places"] = summary(
                 [answer(localizer, s, m) for s, m in zip(samples, lengths)], lengths)
     print(f"{len(samples)} held-out places, k = {k}, near radius {radius:.2f}")
-    print("| stopping rule | MAE | median | within 2 | > 20 | pairs mean | pairs median |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['mae']} | {r['median']} | {r['within_2']} | {r['over_20']} | {r['pairs_mean']} "
-              f"| {r['pairs_median']:g} |")
+    print_table(rows, "stopping rule", "pairs")
     if args.json:
         args.json.write_text(json.dumps({"places": len(samples), "k": k, "rows": rows}, indent=1))
 

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from early_stop import calibrated_localizer, held_out_parser, hold_out_unseen  # noqa: E402
+from early_stop import calibrated_localizer, held_out_parser, hold_out_unseen, print_table  # noqa: E402
 from early_stop import summary as stop_summary  # noqa: E402
 
 from glueloc.query.bearings import InlierPoints  # noqa: E402
@@ -147,11 +147,7 @@ def main() -> None:
                     [answer(localizer, s, keep, rest) for s, keep in zip(screened, keeps)], pairs, cost)
     print(f"{len(screened)} held-out places, k = {k}; ms per pair: "
           + ", ".join(f"{b or 'all'} {v:.1f}" for b, v in sorted(ms.items())))
-    print("| rule | MAE | median | within 2 | > 20 | confirmed mean | confirmed median | verify ms (est.) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['mae']} | {r['median']} | {r['within_2']} | {r['over_20']} | {r['pairs_mean']} "
-              f"| {r['pairs_median']:g} | {r['verify_ms_mean']:.0f} |")
+    print_table(rows, "rule", "confirmed", (("verify ms (est.)", "{verify_ms_mean:.0f}"),))
     if args.json:
         args.json.write_text(json.dumps({"places": len(screened), "k": k, "ms_per_pair": ms, "rows": rows}, indent=1))
 
