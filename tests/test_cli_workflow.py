@@ -32,7 +32,7 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
     facing sideways saw little that its nearest place had photographed, and whether the
     median of 5 queries beat its bound came down to how each package version rendered the
     room (2026-12-02: most inliers gave 3.89 against a bound of 3.93; with four views,
-    seeds 4 to 7 gave medians of 1.06 to 1.56 against bounds of 3.5 to 4.2)."""
+    seeds 4 to 7 gave medians of 1.06 to 1.52 against bounds of 3.5 to 4.2)."""
     return write_dataset(tmp_path_factory.mktemp("room"), n_places=12, views_per_place=4, n_queries=5, seed=4)
 
 
