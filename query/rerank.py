@@ -143,8 +143,8 @@ def fit_model(x: np.ndarray, y: np.ndarray, radius: float, min_inliers: int, l2:
     # below CONSTANT_SPREAD is noise. Standardising noise to unit spread would let a query
     # whose value differs in earnest (by 0.1, say) move the logit by 10^6: in a small room
     # the database's own VLAD similarities were all -1/(N-1) give or take 5e-8, because
-    # PCA-whitening fitted on N images makes them a regular simplex (vision.vlad), and
-    # every real query's candidates then came out 0 or 1.
+    # PCA-whitening fitted on N images onto N - 1 components made them a regular simplex
+    # (vision.vlad now keeps at most N / 2), and every real query's candidates came out 0 or 1.
     constant = scale < CONSTANT_SPREAD
     scale[constant] = 1.0
     x = np.where(constant, mean, x)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from glueloc.core.errors import GluelocError
-from glueloc.vision.vlad import VLADCodebook, train_codebook, vlad_conf
+from glueloc.vision.vlad import IMAGES_PER_COMPONENT, VLADCodebook, train_codebook, vlad_conf
 
 
 def blobs(rng: np.random.Generator, centres: np.ndarray, n: int, noise: float = 0.05) -> np.ndarray:
@@ -91,3 +91,16 @@ def test_too_few_images_skip_pca() -> None:
 def test_unknown_option_fails_loudly() -> None:
     with pytest.raises(GluelocError, match="unknown option 'clusters'"):
         vlad_conf({"clusters": 8})
+
+
+def test_a_small_database_whitens_onto_half_as_many_components_as_images() -> None:
+    """Onto N - 1 components PCA-whitening makes the N training images a regular simplex,
+    and a database photo held out by calibration then ranks every other one the same."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(8, 16))
+    sets = [blobs(rng, centres[rng.choice(8, size=3, replace=False)], 150) for _ in range(20)]
+    codebook, images, _ = train_codebook(sets, vlad_conf({"num_clusters": 8, "pca_dim": 512}))
+    assert images == 20 and codebook.dim == 20 // IMAGES_PER_COMPONENT
+    vectors = np.stack([codebook.aggregate(s) for s in sets])
+    similarities = (vectors @ vectors.T)[~np.eye(len(sets), dtype=bool)]
+    assert similarities.std() > 0.05  # a simplex: all -1/19, spread ~1e-8
