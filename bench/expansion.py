@@ -39,7 +39,8 @@ from glueloc.query.localizer import Localizer, QueryOptions  # noqa: E402
 from glueloc.query.retrieval import interleave  # noqa: E402
 from glueloc.storage.layout import Layout  # noqa: E402
 
-KS = (1, 5, 10, 20, 50)
+from fused_held_out import print_recall  # noqa: E402  (the same recall table)
+
 DEPTH = 50
 GRAPH = 40  # neighbours kept per database vector for DBA (enough after masking a point)
 
@@ -148,12 +149,8 @@ def main() -> None:
             if count % 50 == 49:
                 print(f"{count + 1} places, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     counted = len(hits["votes"])
-    result = {tag: {f"R@{k}": round(float(np.mean([any(h[:k]) for h in flags])), 4) for k in KS}
-              for tag, flags in hits.items()}
-    print(f"{counted} held-out photos of distinct points with a photo of another point within {args.within:g} units; "
-          f"{time.perf_counter() - started:.0f} s\n| ranking | {' | '.join(f'R@{k}' for k in KS)} |\n|---|{'---|' * len(KS)}")
-    for tag, r in result.items():
-        print(f"| {tag} | " + " | ".join(f"{100 * v:.1f}" for v in r.values()) + " |")
+    result = print_recall(hits, f"{counted} held-out photos of distinct points with a photo of another point "
+                                f"within {args.within:g} units; {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"held_out": counted, "recall": result,
                                          "hits": {t: [h[:10] for h in f] for t, f in hits.items()}}, indent=1))

@@ -71,14 +71,20 @@ def main() -> None:
             for tag, ranking in rankings.items():
                 hits.setdefault(tag, []).append([i in near_ids for i in ranking])
     counted = len(next(iter(hits.values())))
-    result = {tag: {f"R@{k}": round(float(np.mean([any(h[:k]) for h in flags])), 4) for k in KS}
-              for tag, flags in hits.items()}
-    print(f"{counted} held-out photos with a photo of another point within {args.within:g} units\n"
-          f"| ranking | {' | '.join(f'R@{k}' for k in KS)} |\n|---|{'---|' * len(KS)}")
-    for tag, r in result.items():
-        print(f"| {tag} | " + " | ".join(f"{100 * v:.1f}" for v in r.values()) + " |")
+    result = print_recall(hits, f"{counted} held-out photos with a photo of another point within {args.within:g} units")
     if args.json:
         args.json.write_text(json.dumps({"held_out": counted, "recall": result}, indent=1))
+
+
+def print_recall(hits: dict[str, list[list[bool]]], heading: str) -> dict[str, dict[str, float]]:
+    """Recall at KS of each ranking (one list of hit flags per held-out photo), printed under
+    ``heading`` as a markdown table and returned as fractions; bench/expansion.py prints the same way."""
+    result = {tag: {f"R@{k}": round(float(np.mean([any(h[:k]) for h in flags])), 4) for k in KS}
+              for tag, flags in hits.items()}
+    print(f"{heading}\n| ranking | {' | '.join(f'R@{k}' for k in KS)} |\n|---|{'---|' * len(KS)}")
+    for tag, r in result.items():
+        print(f"| {tag} | " + " | ".join(f"{100 * v:.1f}" for v in r.values()) + " |")
+    return result
 
 
 if __name__ == "__main__":
