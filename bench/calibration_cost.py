@@ -75,7 +75,7 @@ def main() -> None:
             hold_seconds = float("nan")
         else:
             clock = time.perf_counter()
-            samples = hold_out(localizer, options)
+            samples, _ = hold_out(localizer, options)
             hold_seconds = time.perf_counter() - clock
             if args.save:
                 args.save.parent.mkdir(parents=True, exist_ok=True)

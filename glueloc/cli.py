@@ -550,6 +550,8 @@ def _print_calibration(result: "CalibrationResult") -> None:
     typer.echo(_choice_line(result))
     typer.echo(_resection_line(result))
     typer.echo(_early_stop_line(result))
+    if result.image_ranking.get("model_id") is not None:
+        typer.echo(_image_ranking_line(result.image_ranking))
     c = result.confidence
     typer.echo(f"confidence: MAE of the most confident 50 % {c['mae_top_50']:.2f}, 80 % {c['mae_top_80']:.2f}, "
                f"all {c['mae_top_100']:.2f}; Spearman(confidence, error) {c['spearman_confidence_error']:.2f}")
@@ -628,6 +630,19 @@ def _early_stop_line(result: "CalibrationResult") -> str:
         verdict = "off (it cost accuracy here)"
     return (f"early stop: {verdict}; held-out MAE {check.stopped['mae']:.2f} stopping at p >= {check.rule.above:g} "
             f"({check.pairs_mean:g} pairs on average) against {check.full['mae']:.2f} verifying all {result.k}")
+
+
+def _image_ranking_line(how: dict) -> str:
+    """One line: whether the learned image ranking of held-out places came from a model that saw them."""
+    parts = []
+    if how["cross_fitted"]:
+        parts.append(f"{how['cross_fitted']} by the projection fitted without their fold ({how['folds']} folds)")
+    if how["not_trained_on"]:
+        parts.append(f"{how['not_trained_on']} by the model (indexed after it was trained)")
+    if how["in_sample"]:
+        parts.append(f"{how['in_sample']} by a model trained on them (model {how['model_id']} has no cross-fitted "
+                     "folds): held-out numbers are optimistic; `glueloc train`, then calibrate again")
+    return "image ranking of held-out places: " + "; ".join(parts)
 
 
 @app.command()
@@ -803,6 +818,8 @@ def demo(
         typer.echo(_choice_line(fitted))
         typer.echo(_resection_line(fitted))
         typer.echo(_early_stop_line(fitted))
+        if fitted.image_ranking.get("model_id") is not None:
+            typer.echo(_image_ranking_line(fitted.image_ranking))
     else:
         typer.echo(f"not calibrated: {places} places are fewer than the {MIN_PLACES} calibration needs")
     with Localizer(layout) as localizer:

@@ -46,6 +46,10 @@ default_conf: dict[str, Any] = {
     "verify_keypoints": 256,  # strongest keypoints per photo matched to rank its near photos
     "negative_pairs": 50_000,  # random far pairs for learned whitening
     "max_images": 20_000,  # training sample (the projection is linear; more adds little)
+    # The chosen method refitted once per fold of capture points, each without its fold, so
+    # that calibration ranks a held-out place with a model that never saw it (CrossFit).
+    # 5 as calibration's own folds; not tuned. 0: none (calibration then says it ranked in-sample).
+    "cross_fit_folds": 5,
 }
 
 
@@ -66,6 +70,7 @@ class Learned:
     trained_images: int
     positives: int
     seconds: float
+    cross_fit: proj.CrossFit | None = None  # the chosen method once per fold of points; None: none (cross_fit)
 
 
 def _distances(xy: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -154,6 +159,35 @@ def restrict(positives: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
     return [where[p][where[p] >= 0] for p in (positives[r] for r in rows)]
 
 
+def cross_fit(method: str, raw: np.ndarray, xy: np.ndarray, positives: list[np.ndarray], far: np.ndarray,
+              conf: Mapping[str, Any]) -> proj.CrossFit | None:
+    """``method`` fitted ``cross_fit_folds`` times, each time without one fold of capture points.
+
+    Points, not photos, are split, as calibration holds out a point with all its views.
+    None when the conf asks for no folds, the database has fewer than two points, or a fold
+    leaves too little to fit the method on (no near pairs left; logged): calibration then
+    ranks in-sample and says so in its output and its row, so the model itself is kept.
+    """
+    points, owner = np.unique(xy, axis=0, return_inverse=True)
+    owner = owner.ravel()
+    folds = min(int(conf["cross_fit_folds"]), len(points))
+    if folds < 2:
+        return None
+    rng = np.random.default_rng(int(conf["seed"]) + 1)  # not the held-out split's draw
+    fold = np.empty(len(points), dtype=np.int64)
+    fold[rng.permutation(len(points))] = np.arange(len(points)) % folds
+    fitted = []
+    for f in range(folds):
+        rows = np.flatnonzero(fold[owner] != f)
+        try:
+            fitted.append(fit_method(method, raw[rows], restrict(positives, rows), far[np.ix_(rows, rows)], conf))
+        except GluelocError as exc:
+            logger.warning("no cross-fitted folds: the %s projection cannot be fitted without fold %d of %d (%s); "
+                           "calibration will rank held-out places in-sample", method, f + 1, folds, exc)
+            return None
+    return proj.CrossFit(points.astype(np.float64), fold, tuple(fitted))
+
+
 def learn_projection(raw: np.ndarray, xy: np.ndarray, radius: float, conf: Mapping[str, Any] | None = None,
                      positives: list[np.ndarray] | None = None) -> Learned:
     """Choose the method on held-out places, then refit it on every image.
@@ -195,5 +229,6 @@ def learn_projection(raw: np.ndarray, xy: np.ndarray, radius: float, conf: Mappi
         raise GluelocError("no projection could be fitted")
     chosen = max(scores, key=lambda m: (float(np.mean(list(scores[m].values()))), -list(conf["methods"]).index(m)))
     final = fit_method(chosen, raw, positives, far, conf)
+    folds = cross_fit(chosen, raw, xy, positives, far, conf)
     return Learned(final, chosen, scores, len(test), len(raw), sum(len(p) for p in positives),
-                   time.perf_counter() - started)
+                   time.perf_counter() - started, folds)

@@ -125,7 +125,7 @@ def train_retrieval_model(db: Database, run_id: int, conf_overrides: Mapping[str
     positives = verified_positives(db, xy, radius, int(conf["best_positives"]), int(conf["verify_keypoints"]))
     learned: Learned = learn_projection(raw, xy, radius, conf, positives)
     model_conf = {**conf, "dim": learned.projection.dim}
-    written = write_model(layout.vectors_dir, learned.projection, model_conf)
+    written = write_model(layout.vectors_dir, learned.projection, model_conf, learned.cross_fit)
     index = VectorIndex.build(ids, learned.projection.project(raw), learned.projection.dim, exact_limit)
     faiss_file = index.save_new(layout.vectors_dir)
     seconds = time.perf_counter() - started

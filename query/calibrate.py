@@ -5,7 +5,10 @@ image at one position), take one of its views as the query, and run the real que
 path against the rest. Held-out views are like a user's queries, which also come from
 places the database does not hold — on Getty the distance from a held-out point to the
 nearest remaining one is distributed like the development queries' distance to the
-database (percentiles 10/50/90: 0.7/1.9/5.5 against 0.7/1.8/4.9 units).
+database (percentiles 10/50/90: 0.7/1.9/5.5 against 0.7/1.8/4.9 units). Held out means
+held out of the learned image ranking too: that ranking's model was trained on every
+database photo, so a held-out place is ranked by the model's projection fitted without its
+fold of places (query.crossfit), as a query is ranked by a model that never saw it.
 
 From the held-out sample:
 
@@ -45,6 +48,7 @@ from glueloc.core.version import __version__
 from glueloc.core.errors import GluelocError
 from glueloc.core.places import near_radius
 from glueloc.query.bearings import InlierPoints
+from glueloc.query.crossfit import CrossFitRanking
 from glueloc.query.evaluate import confidence_metrics, error_metrics
 from glueloc.query.localizer import STOP_ABOVE, STOP_FIRST, Localizer
 from glueloc.query.evidence import Neighbour
@@ -131,6 +135,7 @@ class CalibrationResult:
     match_keypoints: int | None = None  # the keypoint budget of each side of a pair (None: all)
     early_stop: StopCheck | None = None  # the stop replayed on the held-out places
     choice: dict[str, Any] = field(default_factory=dict)  # the lowest MAE against most inliers (Fitted.to_json)
+    image_ranking: dict[str, Any] = field(default_factory=dict)  # how held-out places were ranked by image (hold_out)
 
 
 @dataclass(frozen=True)
@@ -164,8 +169,13 @@ class StopCheck:
 
 
 def hold_out(localizer: Localizer, options: CalibrationOptions,
-             progress: Callable[[int, int], None] | None = None) -> list[HeldOut]:
-    """Run one view of each sampled capture point through the query path against the rest."""
+             progress: Callable[[int, int], None] | None = None) -> tuple[list[HeldOut], dict[str, Any]]:
+    """Run one view of each sampled capture point through the query path against the rest.
+
+    Also returns how the learned image ranking was held out (``image_ranking`` of the
+    calibration row): by the projection of each place's fold (query.crossfit), or in-sample
+    when the model file has no folds — said in the row and logged, never silently.
+    """
     by_place: dict[tuple[float, float], list[int]] = {}
     for image_id in sorted(localizer.images):
         by_place.setdefault(localizer.positions[image_id], []).append(image_id)
@@ -174,16 +184,32 @@ def hold_out(localizer: Localizer, options: CalibrationOptions,
         raise GluelocError(f"calibration needs at least {MIN_PLACES} capture points; the database has {len(places)}")
     rng = np.random.default_rng(options.seed)
     chosen = rng.choice(len(places), size=min(options.places, len(places)), replace=False)
-    samples: list[HeldOut] = []
-    for done, p in enumerate(sorted(chosen.tolist())):
-        views = by_place[places[p]]
-        image = localizer.images[views[int(rng.integers(len(views)))]]
+    views = [(p, by_place[places[p]]) for p in sorted(chosen.tolist())]
+    picked = [(p, localizer.images[v[int(rng.integers(len(v)))]]) for p, v in views]
+    crossfit = CrossFitRanking.of(localizer)
+    folds = [None if crossfit is None else crossfit.fold_of(*places[p]) for p, _ in picked]
+    how: dict[str, Any] = {"model_id": localizer.state.model_id, "cross_fitted": 0, "in_sample": 0,
+                           "not_trained_on": 0, "folds": 0 if crossfit is None else crossfit.folds}
+    if localizer.model is not None and crossfit is None:
+        logger.warning("retrieval model %s has no cross-fitted folds: held-out places are ranked by a model "
+                       "trained on them, so held-out numbers are optimistic; `glueloc train` fits the folds",
+                       localizer.state.model_id)
+    # One fold's places together: each fold projects the database once.
+    order = sorted(range(len(picked)), key=lambda i: (-1 if folds[i] is None else folds[i], i))
+    samples: dict[int, HeldOut] = {}
+    for done, i in enumerate(order):
+        p, image = picked[i]
         features, embedding = localizer.stored(image)
-        location, pairs = localizer.locate_with_evidence(image.name, features, exclude=places[p], embedding=embedding)
-        samples.append(HeldOut(image.name, image.x, image.y, location.neighbours, location.seconds["total"], pairs))
+        ranker = None if folds[i] is None or crossfit is None else crossfit.ranker(folds[i])
+        if localizer.model is not None:
+            key = "cross_fitted" if ranker is not None else "in_sample" if crossfit is None else "not_trained_on"
+            how[key] += 1
+        location, pairs = localizer.locate_with_evidence(image.name, features, exclude=places[p], embedding=embedding,
+                                                         image_ranker=ranker)
+        samples[i] = HeldOut(image.name, image.x, image.y, location.neighbours, location.seconds["total"], pairs)
         if progress is not None:
-            progress(done + 1, len(chosen))
-    return samples
+            progress(done + 1, len(picked))
+    return [samples[i] for i in range(len(picked))], how
 
 
 def _errors(samples: Sequence[HeldOut], probabilities: Sequence[np.ndarray], rule: str, sharpness: float,
@@ -457,7 +483,7 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
         raise GluelocError(f"the localizer matches {localizer.match_keypoints} keypoints a side, "
                            f"the calibration needs {options.match_keypoints}")
     radius = near_radius(np.array(list(localizer.positions.values()), float))
-    samples = hold_out(localizer, options, progress)
+    samples, image_ranking = hold_out(localizer, options, progress)
     fitted = fit(samples, radius, options, localizer.options.min_inliers)
     model, k, chosen, metrics, confidence, bearings, resection = (fitted.model, fitted.k, fitted.rule, fitted.metrics,
                                                                   fitted.confidence, fitted.bearings, fitted.resection)
@@ -478,7 +504,7 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
                                        "bearings": None if bearings is None else {"fov": bearings.fov,
                                                                                    "axes": bearings.axes},
                                        "fovs": list(options.fovs), "match_keypoints": options.match_keypoints,
-                                       "early_stop": stopping.to_json()}
+                                       "early_stop": stopping.to_json(), "image_ranking": image_ranking}
         with localizer.db.session() as session, session.begin():
             row = Calibration(kind=KIND, model=model.to_json(), options=row_options,
                               metrics={"variants": metrics, "confidence": confidence, "radius": radius,
@@ -492,4 +518,5 @@ def calibrate(localizer: Localizer, options: CalibrationOptions,
         logger.info("calibration %d: k %d, rule %s, cross-validated MAE %.2f, resection %s", calibration_id, k,
                     chosen, metrics[variant(chosen, k)]["mae"], bearings)
     return CalibrationResult(calibration_id, radius, k, chosen, len(samples), metrics, confidence, model, seconds,
-                             samples, bearings, resection, options.match_keypoints, stopping, fitted.to_json())
+                             samples, bearings, resection, options.match_keypoints, stopping, fitted.to_json(),
+                             image_ranking)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,12 @@ from glueloc.vision.images import DEFAULT_MAX_PIXELS, load_image
 from glueloc.vision.matchers import load_matcher
 
 logger = logging.getLogger(__name__)
+
+#: Ranks the database for a raw image embedding in place of the model's FAISS index:
+#: (embedding, excluded image ids) -> every other image id, best first. What
+#: ``glueloc calibrate`` passes so a held-out place is ranked by a projection that never
+#: saw it (query.crossfit).
+ImageRanker = Callable[[np.ndarray, list[int]], np.ndarray]
 
 
 @dataclass
@@ -241,14 +248,15 @@ class Localizer:
         return self.locate_with_evidence(name, features, timings, exclude, embedding)[0]
 
     def locate_with_evidence(self, name: str, features: Features, timings: dict[str, float] | None = None,
-                             exclude: tuple[float, float] | None = None, embedding: np.ndarray | None = None
-                             ) -> tuple[Location, list[InlierPoints]]:
+                             exclude: tuple[float, float] | None = None, embedding: np.ndarray | None = None,
+                             image_ranker: ImageRanker | None = None) -> tuple[Location, list[InlierPoints]]:
         """:meth:`locate_features`, also returning each neighbour's verified correspondences
-        (what ``glueloc calibrate`` needs to fit the camera used for resection)."""
+        (what ``glueloc calibrate`` needs to fit the camera used for resection); ``image_ranker``
+        replaces the learned image ranking's index (calibration's cross-fitted ranking)."""
         timings = {} if timings is None else timings
         deepen = self.decision.uses_calibration and self.options.deepen_to > self.k
         found = self.rankings(features, exclude, timings, embedding,
-                              depth=self.options.deepen_to if deepen else self.k)
+                              depth=self.options.deepen_to if deepen else self.k, image_ranker=image_ranker)
         candidates = found.candidates(found.fused(self.k))
 
         clock = time.perf_counter()
@@ -324,7 +332,7 @@ class Localizer:
 
     def rankings(self, features: Features, exclude: tuple[float, float] | None = None,
                  timings: dict[str, float] | None = None, embedding: np.ndarray | None = None,
-                 depth: int | None = None) -> Rankings:
+                 depth: int | None = None, image_ranker: ImageRanker | None = None) -> Rankings:
         """Each ranking ``options.retrieval`` uses, ``depth`` (default k) deep, best first."""
         timings = {} if timings is None else timings
         depth = self.k if depth is None else depth
@@ -336,7 +344,11 @@ class Localizer:
         by_vector = (self._by_vector(self.index, vector, excluded, depth)
                      if self.options.retrieval in (FUSED, VLAD) else [])
         by_image: list[int] = []
-        if self.model is not None:
+        if self.model is not None and image_ranker is not None:
+            order = image_ranker(embedding, excluded)
+            by_image = (collapse_ranked(order, self.positions, depth) if self.options.collapse
+                        else order[:depth].tolist())
+        elif self.model is not None:
             projected = self.model.projection.project(embedding)[0]
             by_image = [c.image_id for c in self._by_vector(self.model.index, projected, excluded, depth)]
         timings["retrieve"] = time.perf_counter() - clock

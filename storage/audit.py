@@ -54,7 +54,7 @@ from glueloc.storage.layout import Layout
 from glueloc.storage.lock import is_locked
 from glueloc.storage.embeddings import stored_embeddings
 from glueloc.storage.features import EMBEDDING
-from glueloc.storage.globals import read_codebook, read_model, read_vector_shapes, read_vectors
+from glueloc.storage.globals import read_codebook, read_cross_fit, read_model, read_vector_shapes, read_vectors
 from glueloc.storage.models import (Codebook, FeatureShard, Image, IndexRun, RetrievalModel, StoreState, VectorShard,
                                     VoteCodec, VoteSegment)
 from glueloc.storage.vote_segments import open_segment, read_codec, segment_ids
@@ -330,6 +330,7 @@ def _check_model(db: Database, session: Session, state: StoreState | None, repor
         if is_current:
             try:
                 current = read_model(path)
+                read_cross_fit(path)
             except (OSError, KeyError, ValueError) as exc:
                 report.error("model-unreadable", f"retrieval model {row.id} file {row.filename} is unreadable "
                              f"({type(exc).__name__})")

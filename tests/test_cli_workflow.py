@@ -50,6 +50,8 @@ def test_the_default_pipeline_indexes_calibrates_and_queries(room: SyntheticData
 
     result = invoke("calibrate", "--db", db, "--places", 12, "--k", 3, "--k", 4, "--no-progress")
     assert result.exit_code == 0, result.output
+    # Held-out places are ranked by image with projections that never saw them (query.crossfit).
+    assert "image ranking of held-out places: 12 by the projection fitted without their fold (5 folds)" in result.stdout
     result = invoke("index", room.labels_csv, "--images", room.images_dir, "--db", db, "--no-progress")
     assert "calibrated for its current 48 images (calibration 1)" in result.stdout
 

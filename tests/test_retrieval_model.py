@@ -24,10 +24,10 @@ from glueloc.indexer.repair import repair
 from glueloc.indexer.train import train
 from glueloc.query.localizer import Localizer, QueryOptions
 from glueloc.storage.audit import audit
-from glueloc.storage.globals import read_model, write_model
+from glueloc.storage.globals import read_cross_fit, read_model, write_model
 from glueloc.storage.layout import Layout
 from glueloc.synthetic import SyntheticDataset
-from glueloc.vision.projection import Projection
+from glueloc.vision.projection import CrossFit, Projection
 from tests.helpers import run_index
 
 pytest.importorskip("torch")
@@ -78,6 +78,51 @@ def test_model_file_round_trips_and_is_named_by_its_content(tmp_path: Path) -> N
     assert back.method == "lw" and np.array_equal(back.mean, model.mean) and np.array_equal(back.matrix, model.matrix)
     x = rng.normal(size=(4, 6)).astype(np.float32)
     assert np.allclose(np.linalg.norm(back.project(x), axis=1), 1.0)
+
+
+def test_a_model_recognises_its_own_training_photos_and_its_folds_do_not() -> None:
+    """Why calibration ranks held-out places by the folds: on embeddings that are pure noise
+    there is nothing to learn, yet learned whitening fitted on every photo "finds" a near
+    photo in the first 5 for most of them — it learned those very pairs. Each fold's
+    projection, fitted without the fold, ranks the fold's photos at chance, as a new photo."""
+    rng = np.random.default_rng(0)
+    points = np.stack(np.meshgrid(np.arange(8.0), np.arange(5.0)), -1).reshape(-1, 2) * 2
+    xy = np.repeat(points, 4, axis=0)
+    raw = rng.normal(size=(len(xy), 128)).astype(np.float32)
+    radius = near_radius(xy)
+    learned = learn_projection(raw, xy, radius, {"dim": 64, "methods": ["lw"]})
+    folds = learned.cross_fit
+    assert folds is not None and len(folds.projections) == 5 and len(folds.points) == 40
+    fold = np.array([folds.fold_of(x, y) for x, y in xy])
+    assert sorted(np.bincount(fold).tolist()) == [32] * 5  # points, with all their photos, split evenly
+    inside = recall_at(learned.projection.project(raw), xy, np.arange(len(xy)), radius)["R@5"]
+    cross = np.mean([recall_at(folds.projections[f].project(raw), xy, np.flatnonzero(fold == f), radius)["R@5"]
+                     for f in range(5)])
+    chance = np.mean([recall_at(rng.normal(size=(len(xy), 64)).astype(np.float32), xy, np.arange(len(xy)), radius)["R@5"]
+                      for _ in range(5)])
+    assert inside >= 0.8 and cross <= chance + 0.15, (inside, cross, chance)
+    assert learn_projection(raw, xy, radius, {"dim": 64, "methods": ["lw"], "cross_fit_folds": 0}).cross_fit is None
+
+
+def test_cross_fitted_folds_round_trip_in_the_model_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+
+    def projection() -> Projection:
+        return Projection("lw", rng.normal(size=6).astype(np.float32), rng.normal(size=(6, 3)).astype(np.float32))
+
+    model = projection()
+    folds = CrossFit(np.array([[0.0, 0.0], [1.0, 2.5], [3.0, 1.0]]), np.array([1, 0, 1]), (projection(), projection()))
+    plain = write_model(tmp_path, model, {"dim": 3})
+    with_folds = write_model(tmp_path, model, {"dim": 3}, folds)
+    assert plain.filename != with_folds.filename  # the folds are part of the content
+    assert read_cross_fit(tmp_path / plain.filename) is None
+    back = read_cross_fit(tmp_path / with_folds.filename)
+    assert back is not None and np.array_equal(back.points, folds.points) and np.array_equal(back.fold, folds.fold)
+    assert all(np.array_equal(a.matrix, b.matrix) and np.array_equal(a.mean, b.mean)
+               for a, b in zip(back.projections, folds.projections))
+    assert (back.fold_of(1.0, 2.5), back.fold_of(3.0, 1.0), back.fold_of(9.0, 9.0)) == (0, 1, None)
+    with pytest.raises(ValueError, match="inconsistent"):
+        CrossFit(folds.points, np.array([0, 1, 2]), folds.projections)  # a fold with no projection
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +210,43 @@ def test_lost_model_faiss_is_rebuilt_and_a_damaged_model_retrained(embedded: Pat
         Localizer(Layout.at(embedded))
     actions = repair(Layout.at(embedded))
     assert any("retrained the retrieval model" in a for a in actions), actions
+    assert audit(Layout.at(embedded), deep=True).clean
+
+
+def test_the_model_keeps_folds_that_calibration_ranks_held_out_places_by(embedded: Path) -> None:
+    import h5py
+
+    from glueloc.query.crossfit import CrossFitRanking
+
+    folds = read_cross_fit(_model_file(embedded))
+    assert folds is not None and len(folds.projections) == 5
+    with Localizer(Layout.at(embedded), QueryOptions(retrieval="image", k=4)) as localizer:
+        assert {tuple(p) for p in folds.points.tolist()} == set(localizer.positions.values())
+        ranking = CrossFitRanking.of(localizer)
+        assert ranking is not None
+        image = localizer.images[min(localizer.images)]
+        fold = ranking.fold_of(image.x, image.y)
+        assert fold is not None
+        features, embedding = localizer.stored(image)
+        excluded = [i for i, where in localizer.positions.items() if where == (image.x, image.y)]
+        # The fold's projection over every other photo, against brute force.
+        projection = folds.projections[fold]
+        others = [i for i in sorted(localizer.images) if i not in excluded]
+        stored = np.stack([localizer.reader.embedding(localizer.images[i].shard, localizer.images[i].name) for i in others])
+        sims = projection.project(stored) @ projection.project(embedding)[0]
+        assert ranking.ranker(fold)(embedding, excluded).tolist() == [others[j] for j in np.argsort(-sims, kind="stable")]
+        # The query path ranks by image with the ranker it is given, not the model's index.
+        backwards = lambda _embedding, _excluded: np.array(others[::-1])  # noqa: E731
+        found = localizer.rankings(features, (image.x, image.y), embedding=embedding, image_ranker=backwards)
+        assert found.by_image == others[::-1][:4]
+
+    with h5py.File(_model_file(embedded), "r+") as handle:  # the folds damaged, the model itself intact
+        del handle["cross_fit/matrices"]
+        handle["cross_fit"].create_dataset("matrices", data=np.zeros((5, 3, 3), np.float32))
+    assert "model-unreadable" in {f.code for f in audit(Layout.at(embedded)).errors}
+    with Localizer(Layout.at(embedded)) as localizer, pytest.raises(DatabaseError, match="unreadable.*audit --repair"):
+        CrossFitRanking.of(localizer)
+    assert any("retrained the retrieval model" in a for a in repair(Layout.at(embedded)))
     assert audit(Layout.at(embedded), deep=True).clean
 
 
