@@ -106,13 +106,12 @@ def _pair_arrays(positives: list[np.ndarray], far: np.ndarray, count: int, seed:
 def fit_method(method: str, raw: np.ndarray, positives: list[np.ndarray], far: np.ndarray,
                conf: Mapping[str, Any]) -> proj.Projection:
     """Fit ``method`` on ``raw`` with ``positives[i]`` (indices into ``raw``) and the ``far`` mask."""
-    pca = proj.fit_pca(raw, conf)
     if method == "pca":
-        return pca
+        return proj.fit_pca(raw, conf)
     if not any(len(p) for p in positives):
         raise GluelocError("no two capture points lie within the near radius: only `pca` can be fitted")
     if method == "triplet":
-        return proj.refine_triplet(pca, raw, positives, far, conf)
+        return proj.refine_triplet(proj.fit_pca(raw, conf), raw, positives, far, conf)
     pos, neg = _pair_arrays(positives, far, int(conf["negative_pairs"]), int(conf["seed"]))
     if len(neg) < 2:
         raise GluelocError("too few far-apart photos to learn from: only `pca` can be fitted")

@@ -104,6 +104,27 @@ def test_a_model_recognises_its_own_training_photos_and_its_folds_do_not() -> No
     assert learn_projection(raw, xy, radius, {"dim": 64, "methods": ["lw"], "cross_fit_folds": 0}).cross_fit is None
 
 
+@pytest.mark.parametrize("method", ["pca", "lw"])
+def test_directions_the_photos_do_not_span_are_dropped_not_left_to_rounding(method: str) -> None:
+    """20 photos span 19 directions; asked for 48, a fit must not let rounding pick the rest
+    (it did: the demo's calibration changed with a 1e-15 change in a fold's scatter)."""
+    from glueloc.vision import projection as proj
+
+    rng = np.random.default_rng(0)
+    raw, fresh = rng.normal(size=(20, 64)), rng.normal(size=(30, 64))
+    pairs = np.array([(i, (i + 1) % 20) for i in range(20)])
+    far = np.array([(i, (i + 7) % 20) for i in range(20)] + [(i, (i + 11) % 20) for i in range(20)])
+    conf = {**proj.default_conf, "dim": 48}
+
+    def fit(x: np.ndarray) -> Projection:
+        return proj.fit_pca(x, conf) if method == "pca" else proj.fit_learned_whitening(x, pairs, far, conf)
+
+    one, other = fit(raw), fit(raw + rng.normal(size=raw.shape) * 1e-12)
+    assert one.dim == 48 and np.count_nonzero(np.abs(one.matrix).sum(0)) <= 19
+    similar = [p.project(fresh) @ p.project(raw).T for p in (one, other)]
+    assert np.abs(similar[0] - similar[1]).max() < 1e-4
+
+
 def test_cross_fitted_folds_round_trip_in_the_model_file(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
 
