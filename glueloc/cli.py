@@ -547,11 +547,7 @@ def _print_calibration(result: "CalibrationResult") -> None:
         mark = "*" if name == chosen else " "
         typer.echo(f" {mark} {name:14s} MAE {m['mae']:.2f}  median {m['median']:.2f}  within 2 {m['within_2']:.0%}  "
                    f"> 20 units {m['gross_failures']}")
-    typer.echo(_choice_line(result))
-    typer.echo(_resection_line(result))
-    typer.echo(_early_stop_line(result))
-    if result.image_ranking.get("model_id") is not None:
-        typer.echo(_image_ranking_line(result.image_ranking))
+    _print_choices(result)
     c = result.confidence
     typer.echo(f"confidence: MAE of the most confident 50 % {c['mae_top_50']:.2f}, 80 % {c['mae_top_80']:.2f}, "
                f"all {c['mae_top_100']:.2f}; Spearman(confidence, error) {c['spearman_confidence_error']:.2f}")
@@ -630,6 +626,15 @@ def _early_stop_line(result: "CalibrationResult") -> str:
         verdict = "off (it cost accuracy here)"
     return (f"early stop: {verdict}; held-out MAE {check.stopped['mae']:.2f} stopping at p >= {check.rule.above:g} "
             f"({check.pairs_mean:g} pairs on average) against {check.full['mae']:.2f} verifying all {result.k}")
+
+
+def _print_choices(result: "CalibrationResult") -> None:
+    """What a calibration chose beyond its headline, as `calibrate` and `demo` both print it."""
+    typer.echo(_choice_line(result))
+    typer.echo(_resection_line(result))
+    typer.echo(_early_stop_line(result))
+    if result.image_ranking.get("model_id") is not None:
+        typer.echo(_image_ranking_line(result.image_ranking))
 
 
 def _image_ranking_line(how: dict) -> str:
@@ -815,11 +820,7 @@ def demo(
         typer.echo(f"calibrated on {fitted.held_out} held-out places: k {fitted.k}, rule {fitted.rule}, cross-validated "
                    f"MAE {fitted.metrics[chosen]['mae']:.2f} (most inliers of the top {shortest}: "
                    f"{fitted.metrics[plain]['mae']:.2f})")
-        typer.echo(_choice_line(fitted))
-        typer.echo(_resection_line(fitted))
-        typer.echo(_early_stop_line(fitted))
-        if fitted.image_ranking.get("model_id") is not None:
-            typer.echo(_image_ranking_line(fitted.image_ranking))
+        _print_choices(fitted)
     else:
         typer.echo(f"not calibrated: {places} places are fewer than the {MIN_PLACES} calibration needs")
     with Localizer(layout) as localizer:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from glueloc.core.errors import DatabaseError
 from glueloc.core.threads import single_threaded
 from glueloc.query.localizer import ImageRanker, Localizer
+from glueloc.query.snapshot import unreadable_model
 from glueloc.storage.globals import read_cross_fit
 from glueloc.vision.projection import CrossFit
 
@@ -51,8 +51,7 @@ class CrossFitRanking:
         try:
             cross_fit = read_cross_fit(path)
         except (OSError, KeyError, ValueError) as exc:
-            raise DatabaseError(f"retrieval model file {path.name} is unreadable ({type(exc).__name__}); "
-                                "run `glueloc audit --repair`") from None
+            raise unreadable_model(path.name, exc) from None
         if cross_fit is None:
             return None
         images = sorted(localizer.images.values(), key=lambda i: i.id)

@@ -152,6 +152,12 @@ def _vote_parts(db: Database, codec: VoteCodec | None, segments: list[tuple[int,
                      frozenset(i for i, _, _ in segments), tuple(name for _, name, _ in segments))
 
 
+def unreadable_model(filename: str, exc: Exception) -> DatabaseError:
+    """The one-line error for a retrieval model file that cannot be read, whichever part failed."""
+    return DatabaseError(f"retrieval model file {filename} is missing or unreadable ({type(exc).__name__}); "
+                         "run `glueloc audit --repair`")
+
+
 def _image_model(db: Database, row: RetrievalModel | None, index: VectorIndex | None,
                  images: dict[int, DbImage]) -> ImageModel | None:
     if row is None:
@@ -159,8 +165,7 @@ def _image_model(db: Database, row: RetrievalModel | None, index: VectorIndex | 
     try:
         projection = read_model(db.layout.vectors_dir / row.filename)
     except (OSError, KeyError, ValueError) as exc:
-        raise DatabaseError(f"retrieval model file {row.filename} is missing or unreadable ({type(exc).__name__}); "
-                            "run `glueloc audit --repair`") from None
+        raise unreadable_model(row.filename, exc) from None
     if index is not None:
         # Projections of images committed since the model's FAISS file was last merged.
         index = add_missing_projections(db.layout.features_dir, projection, index,
